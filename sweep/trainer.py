@@ -1,0 +1,352 @@
+"""Batched free-embedding training: many (d, n, seed) configurations in one compiled program.
+
+Each configuration occupies a slot of a bucket padded to (queries, documents, dims). Padded
+queries carry no loss, padded documents never enter a softmax or top-k, padded dimensions
+stay exactly zero. One jitted call runs a chunk: up to `chunk_evals` blocks of `eval_every`
+steps with an evaluation after each block, entirely on the device. Every slot stops on its
+own (success, plateau, step limit, non-finite loss) and is frozen from then on.
+
+Static settings (`TrainSettings`, shapes) are jit arguments; per-slot values (`Slots`) are
+traced arrays, so one compiled program serves every batch of a bucket shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import inspect
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from sweep import objective, problems
+
+
+class StopReason(enum.IntEnum):
+  RUNNING = 0
+  SUCCESS = 1  # an evaluation reached top-k accuracy 1.0
+  PLATEAU = 2  # the loss did not improve by min_delta for `patience` steps
+  MAX_STEPS = 3
+  NONFINITE = 4  # the loss became NaN or inf: never a silent success or failure
+  EMPTY = 5  # the slot holds no configuration
+
+
+def _optimizer_factory(name: str):
+  factory = getattr(optax, name, None)
+  if not callable(factory) or "learning_rate" not in inspect.signature(factory).parameters:
+    raise ValueError(
+        f"optimizer={name!r} is not allowed: need an optax optimizer that takes learning_rate")
+  return factory
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+  """The static part of the protocol; defaults are the reference's (PROTOCOL.md)."""
+  loss: str = "code"
+  optimizer: str = "adam"
+  max_steps: int = 100_000
+  patience: int = 1000
+  min_delta: float = 1e-5
+  eval_every: int = 50
+  chunk_evals: int = 20  # evaluation blocks per device call
+
+  def __post_init__(self):
+    if self.loss not in objective.LOSS_FORMS:
+      raise ValueError(f"loss={self.loss!r} is not allowed: choose one of {objective.LOSS_FORMS}")
+    _optimizer_factory(self.optimizer)
+    for field in ("max_steps", "patience", "eval_every", "chunk_evals"):
+      if getattr(self, field) < 1:
+        raise ValueError(f"{field}={getattr(self, field)} is out of range: need >= 1")
+    if self.min_delta < 0:
+      raise ValueError(f"min_delta={self.min_delta} is out of range: need >= 0")
+
+  def optimizer_for(self, learning_rate) -> optax.GradientTransformation:
+    """The optimizer with its learning rate kept in its state, so each slot has its own."""
+    return optax.inject_hyperparams(_optimizer_factory(self.optimizer))(
+        learning_rate=learning_rate)
+
+
+@dataclasses.dataclass(frozen=True)
+class Configuration:
+  """One training job: the top-k problem over n documents in d dimensions.
+
+  `num_queries` subsamples the C(n, k) queries (seeded); None takes them all.
+  """
+  d: int
+  n: int
+  k: int = 2
+  seed: int = 42
+  learning_rate: float = 0.01
+  temperature: float = 0.1
+  num_queries: int | None = None
+
+  def __post_init__(self):
+    problems.validate_problem(self.d, self.n, self.k, self.num_queries)
+    if not self.learning_rate > 0:
+      raise ValueError(f"learning_rate={self.learning_rate} is out of range: need > 0")
+    if not self.temperature > 0:
+      raise ValueError(f"temperature={self.temperature} is out of range: need > 0")
+
+  @property
+  def query_count(self) -> int:
+    return self.num_queries or math.comb(self.n, self.k)
+
+  def relevance(self) -> np.ndarray:
+    return problems.topk_relevance(self.n, self.k, self.num_queries, self.seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class BucketShape:
+  """The padded shape of a bucket: slots x (queries, documents, dims); width = max |R|."""
+  slots: int
+  queries: int
+  documents: int
+  dims: int
+  width: int
+
+  @classmethod
+  def fitting(cls, configs, slots: int | None = None) -> "BucketShape":
+    """The smallest shape holding every configuration."""
+    return cls(slots=slots or len(configs),
+               queries=max(c.query_count for c in configs),
+               documents=max(c.n for c in configs),
+               dims=max(c.d for c in configs),
+               width=max(c.k for c in configs))
+
+  def holds(self, config: Configuration) -> bool:
+    return (config.query_count <= self.queries and config.n <= self.documents
+            and config.d <= self.dims and config.k <= self.width)
+
+
+@struct.dataclass
+class Slots:
+  """Per-slot traced values, leading axis = slot."""
+  relevance: jax.Array      # int32 [B, queries, width], -1 padded
+  num_queries: jax.Array    # int32 [B]; 0 marks an empty slot
+  num_documents: jax.Array  # int32 [B]
+  dims: jax.Array           # int32 [B]
+  learning_rate: jax.Array  # float32 [B]
+  temperature: jax.Array    # float32 [B]
+  key: jax.Array            # uint32 [B, 2], from (seed, d, n, k) alone
+
+
+@struct.dataclass
+class TrainState:
+  """Everything that evolves; a pytree that checkpoints and shards as it is."""
+  queries: jax.Array      # float32 [B, queries, dims]
+  documents: jax.Array    # float32 [B, documents, dims]
+  opt_state: optax.OptState
+  step: jax.Array         # int32 [B], updates taken; frozen at the stop
+  loss: jax.Array         # float32 [B], loss of the last update
+  best_loss: jax.Array
+  best_step: jax.Array    # step of the last improvement by more than min_delta
+  accuracy: jax.Array     # float32 [B], at the last evaluation
+  max_accuracy: jax.Array
+  margin: jax.Array       # float32 [B], minimum margin at the last evaluation
+  stop_reason: jax.Array  # int32 [B], a StopReason
+
+
+def pack(configs, shape: BucketShape) -> Slots:
+  """Host-side: lay configurations into the slots of `shape`; unused slots are empty."""
+  if len(configs) > shape.slots:
+    raise ValueError(f"{len(configs)} configurations do not fit {shape.slots} slots")
+  for config in configs:
+    if not shape.holds(config):
+      raise ValueError(f"{config} does not fit the bucket {shape}")
+  relevance = np.full((shape.slots, shape.queries, shape.width), problems.PAD, np.int32)
+  num_queries, num_documents, dims = (np.zeros(shape.slots, np.int32) for _ in range(3))
+  learning_rate, temperature = np.ones(shape.slots, np.float32), np.ones(shape.slots, np.float32)
+  key = np.zeros((shape.slots, 2), np.uint32)
+  for i, c in enumerate(configs):
+    table = c.relevance()
+    relevance[i, :len(table), :table.shape[1]] = table
+    num_queries[i], num_documents[i], dims[i] = len(table), c.n, c.d
+    learning_rate[i], temperature[i] = c.learning_rate, c.temperature
+    key[i] = problems.config_key(c.seed, c.d, c.n, c.k)
+  return Slots(relevance, num_queries, num_documents, dims, learning_rate, temperature, key)
+
+
+# ---------------------------------------------------------------------------------------
+# Initialisation: standard normal rows, L2-normalised, zero outside the real block.
+# ---------------------------------------------------------------------------------------
+
+def _normalise_rows(x):
+  norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
+  return jnp.where(norm > 0, x / jnp.where(norm > 0, norm, 1.0), 0.0)
+
+
+def _padding_free_normal(key, rows: int, cols: int):
+  """A normal matrix whose entry (i, j) depends on (key, i, j) alone, not on the padding."""
+  def entry(i, j):
+    return jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, i), j))
+  return jax.vmap(lambda i: jax.vmap(lambda j: entry(i, j))(jnp.arange(cols)))(jnp.arange(rows))
+
+
+def _init_slot(settings: TrainSettings, shape: BucketShape, slot: Slots) -> TrainState:
+  key_queries, key_documents = jax.random.split(slot.key)
+  dim_mask = jnp.arange(shape.dims) < slot.dims
+
+  def embed(key, rows, count):
+    x = _padding_free_normal(key, rows, shape.dims)
+    return _normalise_rows(jnp.where((jnp.arange(rows) < count)[:, None] & dim_mask, x, 0.0))
+
+  params = (embed(key_queries, shape.queries, slot.num_queries),
+            embed(key_documents, shape.documents, slot.num_documents))
+  opt_state = settings.optimizer_for(slot.learning_rate).init(params)
+  stop_reason = jnp.where(slot.num_queries > 0, StopReason.RUNNING, StopReason.EMPTY)
+  zero, inf = jnp.zeros((), jnp.float32), jnp.asarray(jnp.inf, jnp.float32)
+  return TrainState(queries=params[0], documents=params[1], opt_state=opt_state,
+                    step=jnp.zeros((), jnp.int32), loss=inf, best_loss=inf,
+                    best_step=jnp.zeros((), jnp.int32), accuracy=zero, max_accuracy=zero,
+                    margin=-inf, stop_reason=stop_reason.astype(jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def init_state(settings: TrainSettings, shape: BucketShape, slots: Slots) -> TrainState:
+  """Fresh state for every slot."""
+  return jax.vmap(lambda slot: _init_slot(settings, shape, slot))(slots)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def refill(settings: TrainSettings, shape: BucketShape, slots: Slots, state: TrainState,
+           fresh: jax.Array) -> TrainState:
+  """Restart the slots marked `fresh` with their (new) configuration; keep the others.
+
+  This is how a finished slot takes the next pending probe at a chunk boundary without a
+  recompile: the bucket shape, and so the compiled program, stays the same.
+  """
+  new = init_state(settings, shape, slots)
+  return jax.tree.map(
+      lambda a, b: jnp.where(fresh.reshape(fresh.shape + (1,) * (a.ndim - 1)), a, b), new, state)
+
+
+# ---------------------------------------------------------------------------------------
+# One step of one slot: loss and gradient, update, re-normalise, stopping bookkeeping.
+# ---------------------------------------------------------------------------------------
+
+def slot_loss(settings: TrainSettings, slot: Slots, params):
+  queries, documents = params
+  return objective.infonce_loss(queries, documents, slot.relevance, slot.num_queries,
+                                slot.num_documents, slot.temperature, settings.loss)
+
+
+def _slot_step(settings: TrainSettings, slot: Slots, state: TrainState) -> TrainState:
+  params = (state.queries, state.documents)
+  loss, grads = jax.value_and_grad(lambda p: slot_loss(settings, slot, p))(params)
+  optimizer = settings.optimizer_for(slot.learning_rate)
+  updates, opt_state = optimizer.update(grads, state.opt_state, params)
+  dim_mask = jnp.arange(state.queries.shape[-1]) < slot.dims
+  # The mask keeps padded dimensions exactly zero whatever the optimizer does.
+  queries, documents = (_normalise_rows(x * dim_mask) for x in optax.apply_updates(params, updates))
+
+  running = state.stop_reason == StopReason.RUNNING
+  finite = jnp.isfinite(loss)
+  take = running & finite
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(take, a, b), new, old)
+  step = state.step + take
+  improved = take & (loss < state.best_loss - settings.min_delta)
+  best_step = jnp.where(improved, step, state.best_step)
+  reason = state.stop_reason
+  reason = jnp.where(running & ~finite, StopReason.NONFINITE, reason)
+  reason = jnp.where(take & (step - best_step >= settings.patience), StopReason.PLATEAU, reason)
+  reason = jnp.where(take & (step >= settings.max_steps), StopReason.MAX_STEPS, reason)
+  return state.replace(
+      queries=keep(queries, state.queries), documents=keep(documents, state.documents),
+      opt_state=keep(opt_state, state.opt_state), step=step,
+      loss=jnp.where(running, loss, state.loss),
+      best_loss=jnp.where(improved, loss, state.best_loss), best_step=best_step,
+      stop_reason=reason.astype(jnp.int32))
+
+
+def _slot_evaluate(slot: Slots, state: TrainState, evaluated) -> TrainState:
+  """Accuracy and margin after a block, for the slots that ran in it.
+
+  A slot that stopped inside the block is evaluated on its final embeddings; if they
+  retrieve every set, it is a success, as in the reference (any accuracy signal of 1.0).
+  """
+  accuracy, margin = objective.retrieval_metrics(
+      state.queries, state.documents, slot.relevance, slot.num_queries, slot.num_documents)
+  evaluated &= state.stop_reason != StopReason.NONFINITE
+  solved = evaluated & (accuracy >= 1.0)
+  return state.replace(
+      accuracy=jnp.where(evaluated, accuracy, state.accuracy),
+      max_accuracy=jnp.where(evaluated, jnp.maximum(accuracy, state.max_accuracy),
+                             state.max_accuracy),
+      margin=jnp.where(evaluated, margin, state.margin),
+      stop_reason=jnp.where(solved, StopReason.SUCCESS, state.stop_reason).astype(jnp.int32))
+
+
+def train_step(settings: TrainSettings, slots: Slots, state: TrainState) -> TrainState:
+  """One update of every running slot (vmapped); frozen slots are left as they are."""
+  return jax.vmap(functools.partial(_slot_step, settings))(slots, state)
+
+
+def evaluate(slots: Slots, state: TrainState, evaluated) -> TrainState:
+  return jax.vmap(_slot_evaluate)(slots, state, evaluated)
+
+
+# ---------------------------------------------------------------------------------------
+# The chunk: blocks of eval_every steps, an evaluation after each, on the device.
+# ---------------------------------------------------------------------------------------
+
+@functools.partial(jax.jit, static_argnums=0)
+def train_chunk(settings: TrainSettings, slots: Slots, state: TrainState) -> TrainState:
+  """Up to `chunk_evals` blocks, ending early once no slot is running."""
+  def block(carry):
+    blocks_done, state = carry
+    running = state.stop_reason == StopReason.RUNNING
+    state, _ = jax.lax.scan(lambda s, _: (train_step(settings, slots, s), None), state,
+                            length=settings.eval_every)
+    return blocks_done + 1, evaluate(slots, state, running)
+
+  def go_on(carry):
+    blocks_done, state = carry
+    return (blocks_done < settings.chunk_evals) & (state.stop_reason == StopReason.RUNNING).any()
+
+  return jax.lax.while_loop(go_on, block, (jnp.zeros((), jnp.int32), state))[1]
+
+
+# ---------------------------------------------------------------------------------------
+# Host side: outcomes and a one-call API.
+# ---------------------------------------------------------------------------------------
+
+def running(state: TrainState) -> np.ndarray:
+  return np.asarray(state.stop_reason) == StopReason.RUNNING
+
+
+def outcomes(state: TrainState, count: int | None = None) -> list[dict]:
+  """Per-slot results as plain Python values (the first `count` slots)."""
+  fields = jax.device_get((state.stop_reason, state.max_accuracy, state.accuracy, state.loss,
+                           state.best_loss, state.step, state.margin))
+  results = []
+  for reason, max_acc, acc, loss, best, step, margin in list(zip(*fields))[:count]:
+    results.append(dict(
+        success=bool(max_acc >= 1.0), max_accuracy=float(max_acc), final_accuracy=float(acc),
+        final_loss=float(loss), best_loss=float(best), stop_step=int(step),
+        stop_reason=StopReason(int(reason)).name.lower(), margin=float(margin)))
+  return results
+
+
+def embeddings(state: TrainState, slot: int, config: Configuration):
+  """The final (queries [q, d], documents [n, d]) of one slot, without padding."""
+  queries, documents = jax.device_get((state.queries[slot], state.documents[slot]))
+  return queries[:config.query_count, :config.d], documents[:config.n, :config.d]
+
+
+def train(configs, settings: TrainSettings = TrainSettings(), return_embeddings: bool = False):
+  """Train configurations together in one padded bucket until every one has stopped."""
+  shape = BucketShape.fitting(configs)
+  slots = pack(configs, shape)
+  state = init_state(settings, shape, slots)
+  while running(state).any():
+    state = train_chunk(settings, slots, state)
+  results = outcomes(state, len(configs))
+  if return_embeddings:
+    for i, (result, config) in enumerate(zip(results, configs)):
+      result["queries"], result["documents"] = embeddings(state, i, config)
+  return results
