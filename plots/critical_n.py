@@ -1,0 +1,461 @@
+"""Critical-n figure, polynomial fit and extrapolation table for finished sweeps.
+
+Reads `critical_n.csv` (and, when present, `results.jsonl` and `config.json`) from one or more
+sweep workdirs, fits critical n(d) with a least-squares polynomial as in Weller et al. 2025
+(Table 6, cubic over d >= 4), writes `fit.json` next to the data and draws the measured points
+against the paper's.
+
+  python -m plots.critical_n --workdir=/tmp/sweep [--workdir=/tmp/other] [--log]
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib.resources
+import json
+import os
+import sys
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+from absl import flags  # noqa: E402
+from numpy.polynomial import Polynomial  # noqa: E402
+
+CSV_NAME = "critical_n.csv"
+RESULTS_NAME = "results.jsonl"
+CONFIG_NAME = "config.json"
+FIT_NAME = "fit.json"
+COLUMNS = ("d", "k", "critical_n", "max_success_n", "lo", "hi", "done", "probes")
+REQUIRED_INTS = ("d", "k")
+OPTIONAL_INTS = ("critical_n", "max_success_n", "lo", "hi")
+RESULT_KEYS = ("d", "n", "k", "seed", "success")
+EXTRAPOLATION_DIMS = (512, 768, 1024, 3072, 4096)
+PAPER_DEGREE, PAPER_D_MIN = 3, 4
+SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+@dataclasses.dataclass(frozen=True)
+class Fit:
+  """A least-squares polynomial critical_n(d); coefficients in ascending powers of d."""
+
+  degree: int
+  coefficients: tuple[float, ...]
+  r2: float
+  d_min: int
+  points: tuple[tuple[int, int], ...]  # the (d, critical_n) pairs the fit used
+
+  def __call__(self, d):
+    return np.polynomial.polynomial.polyval(np.asarray(d, dtype=float), self.coefficients)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a workdir
+# ---------------------------------------------------------------------------------------------
+
+
+def _parse_int(path: Path, line: int, column: str, text: str, optional: bool) -> int | None:
+  """Integer cell; an empty optional cell is None (an open search has no answer yet)."""
+  text = (text or "").strip()
+  if not text and optional:
+    return None
+  try:
+    return int(text)
+  except ValueError:
+    raise ValueError(
+        f"{path}: line {line}: column {column!r} is not an integer: {text!r}") from None
+
+
+def _parse_bool(path: Path, line: int, column: str, text: str) -> bool:
+  value = (text or "").strip().lower()
+  if value not in ("true", "false"):
+    raise ValueError(f"{path}: line {line}: column {column!r} is not true/false: {text!r}")
+  return value == "true"
+
+
+def read_critical_n(workdir: str | os.PathLike) -> list[dict]:
+  """Rows of WORKDIR/critical_n.csv with typed values, so callers never re-validate.
+
+  Integer columns become int (None where empty), `done` a bool, `probes` stays as written.
+  """
+  path = Path(workdir) / CSV_NAME
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: not found (is {workdir} a sweep workdir?)")
+  try:
+    with path.open(newline="") as f:
+      reader = csv.DictReader(f)
+      if reader.fieldnames is None:
+        raise ValueError(f"{path}: empty file, expected header {','.join(COLUMNS)}")
+      missing = [c for c in COLUMNS if c not in reader.fieldnames]
+      if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
+      rows = []
+      for raw in reader:
+        line = reader.line_num
+        if None in raw or any(raw[c] is None for c in COLUMNS):
+          raise ValueError(f"{path}: line {line}: wrong number of fields")
+        row = {c: _parse_int(path, line, c, raw[c], optional=False) for c in REQUIRED_INTS}
+        row |= {c: _parse_int(path, line, c, raw[c], optional=True) for c in OPTIONAL_INTS}
+        row["done"] = _parse_bool(path, line, "done", raw["done"])
+        row["probes"] = raw["probes"]
+        rows.append(row)
+  except csv.Error as e:
+    raise ValueError(f"{path}: malformed CSV: {e}") from None
+  return rows
+
+
+def read_label(workdir: str | os.PathLike) -> str:
+  """Series label: config.json's "label" when set, else the workdir's name."""
+  workdir = Path(workdir)
+  path = workdir / CONFIG_NAME
+  if path.is_file():
+    try:
+      config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}: invalid JSON: {e}") from None
+    if isinstance(config, dict) and isinstance(config.get("label"), str) and config["label"]:
+      return config["label"]
+  return workdir.resolve().name
+
+
+def read_results(workdir: str | os.PathLike) -> list[dict]:
+  """Records of WORKDIR/results.jsonl, or [] when there is none.
+
+  A final line without its newline is skipped if it does not parse: a running sweep may be
+  appending it right now.
+  """
+  path = Path(workdir) / RESULTS_NAME
+  if not path.is_file():
+    return []
+  text = path.read_text()
+  lines = text.split("\n")
+  records = []
+  for number, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      if number == len(lines):
+        continue
+      raise ValueError(f"{path}: line {number}: invalid JSON: {e}") from None
+    if not isinstance(record, dict) or any(key not in record for key in RESULT_KEYS):
+      raise ValueError(f"{path}: line {number}: expected an object with {', '.join(RESULT_KEYS)}")
+    records.append(record)
+  return records
+
+
+def restart_spread(records: Iterable[dict]) -> dict[tuple[int, int], tuple[int, int]]:
+  """(d, k) -> (min, max) over seeds of each seed's largest succeeding n.
+
+  This is how far the answer moves between random restarts; seeds that never succeeded at a
+  given d say nothing about it and are left out.
+  """
+  best: dict[tuple[int, int, object], int] = {}
+  for r in records:
+    if r["success"]:
+      key = (int(r["d"]), int(r["k"]), r["seed"])
+      best[key] = max(best.get(key, 0), int(r["n"]))
+  per_dim = defaultdict(list)
+  for (d, k, _), n in best.items():
+    per_dim[(d, k)].append(n)
+  return {key: (min(ns), max(ns)) for key, ns in per_dim.items()}
+
+
+def finished_points(rows: Iterable[dict]) -> tuple[np.ndarray, np.ndarray]:
+  """(d, critical_n) arrays of the dimensions whose search is done."""
+  done = sorted(
+      (r["d"], r["critical_n"]) for r in rows if r["done"] and r["critical_n"] is not None)
+  d = np.array([p[0] for p in done], dtype=int)
+  n = np.array([p[1] for p in done], dtype=int)
+  return d, n
+
+
+def read_paper_table6() -> list[dict]:
+  """The paper's Table 6 (k = 2), shipped with the `sweep` package."""
+  resource = importlib.resources.files("sweep") / "data" / "paper_table6.csv"
+  with resource.open(newline="") as f:
+    return [{key: int(value) for key, value in row.items()} for row in csv.DictReader(f)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting
+# ---------------------------------------------------------------------------------------------
+
+
+def fit_polynomial(d, critical_n, degree: int = 3, d_min: int = 4, source: str = CSV_NAME) -> Fit:
+  """Least-squares polynomial of critical n over d >= d_min (the paper: cubic, d >= 4).
+
+  `source` names the data in the error raised when there are too few points to fit.
+  """
+  d = np.asarray(d, dtype=int)
+  critical_n = np.asarray(critical_n, dtype=int)
+  keep = d >= d_min
+  d, critical_n = d[keep], critical_n[keep]
+  if len(np.unique(d)) < degree + 1:
+    raise ValueError(
+        f"{source}: {len(np.unique(d))} finished dimension(s) with d >= {d_min}, "
+        f"a degree-{degree} fit needs at least {degree + 1}"
+    )
+  poly = Polynomial.fit(d, critical_n, degree).convert()
+  coefficients = np.zeros(degree + 1)
+  coefficients[: len(poly.coef)] = poly.coef
+  residual = np.sum((critical_n - poly(d)) ** 2)
+  total = np.sum((critical_n - critical_n.mean()) ** 2)
+  r2 = 1.0 - residual / total if total > 0 else 1.0
+  return Fit(
+      degree=degree,
+      coefficients=tuple(float(c) for c in coefficients),
+      r2=float(r2),
+      d_min=d_min,
+      points=tuple((int(x), int(y)) for x, y in zip(d, critical_n)),
+  )
+
+
+def fit_workdir(workdir: str | os.PathLike, degree: int = 3, d_min: int = 4) -> Fit:
+  """Fit of a workdir's finished dimensions; errors name its critical_n.csv."""
+  d, n = finished_points(read_critical_n(workdir))
+  return fit_polynomial(d, n, degree=degree, d_min=d_min, source=str(Path(workdir) / CSV_NAME))
+
+
+def paper_fit() -> Fit:
+  """The paper's own cubic over its Table 6, the reference every sweep is compared to."""
+  rows = read_paper_table6()
+  return fit_polynomial(
+      [r["d"] for r in rows], [r["critical_n"] for r in rows], PAPER_DEGREE, PAPER_D_MIN,
+      source="paper_table6.csv",
+  )
+
+
+def extrapolate(fit: Fit, dims: Sequence[int] = EXTRAPOLATION_DIMS) -> dict[int, float]:
+  """Predicted critical n at embedding sizes of real models (the paper's headline numbers)."""
+  return {int(d): float(fit(d)) for d in dims}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting
+# ---------------------------------------------------------------------------------------------
+
+
+def fit_to_dict(fit: Fit, dims: Sequence[int] = EXTRAPOLATION_DIMS) -> dict:
+  """JSON-ready form of a fit with its extrapolations (keys are strings, as JSON needs)."""
+  return {
+      "degree": fit.degree,
+      "coefficients": list(fit.coefficients),
+      "r2": fit.r2,
+      "d_min": fit.d_min,
+      "points": [list(p) for p in fit.points],
+      "extrapolation": {str(d): n for d, n in extrapolate(fit, dims).items()},
+  }
+
+
+def write_fit_json(workdir: str | os.PathLike, fit: Fit) -> Path:
+  """Write WORKDIR/fit.json atomically, so a reader never sees half a file."""
+  path = Path(workdir) / FIT_NAME
+  with tempfile.NamedTemporaryFile(
+      "w", dir=path.parent, prefix=".fit.", suffix=".tmp", delete=False) as f:
+    json.dump(fit_to_dict(fit), f, indent=2)
+    f.write("\n")
+  os.replace(f.name, path)
+  return path
+
+
+def format_equation(fit: Fit) -> str:
+  """'n ≈ −10.53 + 4.031d + 0.05205d² + 0.003676d³' (4 significant digits)."""
+  text = ""
+  for power, c in enumerate(fit.coefficients):
+    variable = "d" + str(power).translate(SUPERSCRIPTS) if power > 1 else "d" * power
+    term = f"{abs(c):.4g}{variable}"
+    if not text:
+      text = ("−" if c < 0 else "") + term
+    else:
+      text += (" − " if c < 0 else " + ") + term
+  return "n ≈ " + text
+
+
+def format_fit_table(fit: Fit, dims: Sequence[int] = EXTRAPOLATION_DIMS) -> str:
+  """Coefficients, r² and extrapolations as a plain-text table for the terminal."""
+  lines = [
+      f"degree-{fit.degree} fit over {len(fit.points)} finished dimensions (d >= {fit.d_min})",
+      f"  {'term':<6}{'coefficient':>16}",
+  ]
+  for power, c in enumerate(fit.coefficients):
+    lines.append(f"  {'d^' + str(power):<6}{c:>16.6g}")
+  lines.append(f"  {'r²':<6}{fit.r2:>16.6f}")
+  lines.append(f"  {'d':<6}{'predicted n':>16}")
+  for d, n in extrapolate(fit, dims).items():
+    lines.append(f"  {d:<6}{n:>16,.0f}")
+  return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Figure
+# ---------------------------------------------------------------------------------------------
+
+
+def _draw_fit(ax, fit: Fit, d_max: int, log: bool, name: str, **style) -> list:
+  """Fitted curve from d_min to d_max; non-positive values are hidden on a log axis."""
+  d = np.linspace(fit.d_min, d_max, 200)
+  n = fit(d)
+  if log:
+    n = np.where(n > 0, n, np.nan)
+  return ax.plot(d, n, label=f"{name} fit: {format_equation(fit)}  (r² = {fit.r2:.4f})", **style)
+
+
+def _open_brackets(rows: Iterable[dict]) -> list[tuple[int, int, int]]:
+  """(d, lo, hi) of open searches; a one-sided bracket collapses onto its known end."""
+  return sorted(
+      (r["d"], r["hi"] if r["lo"] is None else r["lo"], r["lo"] if r["hi"] is None else r["hi"])
+      for r in rows
+      if not r["done"] and (r["lo"] is not None or r["hi"] is not None)
+  )
+
+
+def _draw_workdir(ax, workdir: Path, rows: list[dict], color, degree: int, d_min: int,
+                  log: bool) -> list:
+  """One sweep: finished points, their spread over restarts, open brackets and its fit.
+
+  Returns the legend handles in that order, so each sweep's entries stay together.
+  """
+  label = read_label(workdir)
+  handles = []
+  d, n = finished_points(rows)
+  if len(d):
+    handles += ax.plot(d, n, "o", color=color, markersize=4, label=f"{label}: measured", zorder=3)
+
+  ks = {r["k"] for r in rows}
+  spread = restart_spread(read_results(workdir))
+  spans = sorted((d_, lo, hi) for (d_, k), (lo, hi) in spread.items() if k in ks and hi > lo)
+  if spans:
+    sd, slo, shi = (np.array(v, dtype=float) for v in zip(*spans))
+    handles.append(ax.errorbar(sd, (slo + shi) / 2, yerr=(shi - slo) / 2, fmt="none", ecolor=color,
+                               alpha=0.7, capsize=2, elinewidth=1,
+                               label=f"{label}: min–max over restarts"))
+
+  brackets = _open_brackets(rows)
+  if brackets:
+    bd, blo, bhi = (np.array(v, dtype=float) for v in zip(*brackets))
+    bars = ax.errorbar(bd, (blo + bhi) / 2, yerr=(bhi - blo) / 2, fmt="s", mfc="white", mec=color,
+                       markersize=4, ecolor=color, capsize=3, elinewidth=1.2,
+                       label=f"{label}: open search (lo..hi)")
+    bars[-1][0].set_linestyle("--")
+    handles.append(bars)
+
+  try:
+    fit = fit_polynomial(d, n, degree=degree, d_min=d_min)
+  except ValueError:
+    return handles  # too few finished dimensions yet: the points speak for themselves
+  return handles + _draw_fit(ax, fit, max(r["d"] for r in rows), log, label, color=color,
+                             linewidth=1.5)
+
+
+def plot(
+    workdirs: Sequence[str | os.PathLike],
+    out_prefix: str | os.PathLike,
+    degree: int = 3,
+    d_min: int = 4,
+    log: bool = False,
+) -> list[Path]:
+  """Measured critical n per d for each workdir over the paper's Table 6; writes .png and .pdf.
+
+  Each sweep's fit is drawn only over its own dimensions; the paper's cubic spans the figure.
+  """
+  workdirs = [Path(w) for w in workdirs]
+  all_rows = [read_critical_n(w) for w in workdirs]
+  paper = read_paper_table6()
+  d_max = max([r["d"] for rows in all_rows for r in rows] + [r["d"] for r in paper])
+  ks = sorted({r["k"] for rows in all_rows for r in rows})
+
+  fig, ax = plt.subplots(figsize=(9, 6))
+  handles = ax.plot([r["d"] for r in paper], [r["critical_n"] for r in paper], "x", color="0.5",
+                    markersize=5, label="paper Table 6 (k = 2)")
+  handles += _draw_fit(ax, paper_fit(), d_max, log, "paper", color="0.6", linestyle=":",
+                       linewidth=1.5)
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  for i, (workdir, rows) in enumerate(zip(workdirs, all_rows)):
+    handles += _draw_workdir(ax, workdir, rows, colors[i % len(colors)], degree, d_min, log)
+
+  if log:
+    ax.set_yscale("log")
+  ax.set_xlabel("embedding dimension d")
+  ax.set_ylabel("critical n (documents)")
+  ax.set_title(f"Critical n of free embeddings, k = {', '.join(map(str, ks)) or '?'}")
+  ax.grid(True, alpha=0.3)
+  ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8,
+            frameon=False)
+  fig.tight_layout()
+
+  out_prefix = Path(out_prefix)
+  out_prefix.parent.mkdir(parents=True, exist_ok=True)
+  paths = [out_prefix.with_name(out_prefix.name + ext) for ext in (".png", ".pdf")]
+  for path in paths:
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+  plt.close(fig)
+  return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def define_flags(flag_values: flags.FlagValues) -> flags.FlagValues:
+  """The CLI's flags on `flag_values`, kept off the global FLAGS so importers never clash."""
+  flags.DEFINE_multi_string(
+      "workdir", None, "Sweep workdir(s) holding critical_n.csv.", flag_values=flag_values)
+  flags.DEFINE_integer("degree", 3, "Degree of the fitted polynomial.", flag_values=flag_values)
+  flags.DEFINE_integer("d_min", 4, "Fit only dimensions d >= d_min.", flag_values=flag_values)
+  flags.DEFINE_string(
+      "out", None, "Figure path prefix (default: FIRST_WORKDIR/critical_n).",
+      flag_values=flag_values)
+  flags.DEFINE_bool("log", False, "Log-scale y axis.", flag_values=flag_values)
+  flags.mark_flag_as_required("workdir", flag_values=flag_values)
+  return flag_values
+
+
+def report(
+    workdirs: Sequence[str | os.PathLike],
+    out_prefix: str | os.PathLike | None = None,
+    degree: int = 3,
+    d_min: int = 4,
+    log: bool = False,
+) -> list[Path]:
+  """Fit each workdir, print its table, write its fit.json, then draw them all together."""
+  for workdir in workdirs:
+    fit = fit_workdir(workdir, degree=degree, d_min=d_min)
+    print(f"{read_label(workdir)} ({workdir})")
+    print(format_fit_table(fit))
+    print(f"  wrote {write_fit_json(workdir, fit)}")
+  if out_prefix is None:
+    out_prefix = Path(workdirs[0]) / "critical_n"
+  paths = plot(workdirs, out_prefix, degree=degree, d_min=d_min, log=log)
+  for path in paths:
+    print(f"wrote {path}")
+  return paths
+
+
+def main(argv: Sequence[str]) -> list[Path]:
+  """CLI: argv[0] is the program name, the rest are flags; errors exit with one line."""
+  flag_values = define_flags(flags.FlagValues())
+  if any(a in ("-h", "--help", "-help") for a in argv[1:]):
+    print(f"usage: {argv[0]} --workdir=DIR [--workdir=DIR ...] [flags]\n{flag_values.get_help()}")
+    sys.exit(0)
+  try:
+    extra = flag_values(list(argv))[1:]
+    if extra:
+      raise flags.Error(f"unexpected arguments: {' '.join(extra)}")
+    return report(flag_values.workdir, flag_values.out, flag_values.degree, flag_values.d_min,
+                  flag_values.log)
+  except (flags.Error, OSError, ValueError) as e:
+    sys.exit(f"error: {' '.join(str(e).split())}")
+
+
+if __name__ == "__main__":
+  main(sys.argv)

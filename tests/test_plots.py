@@ -1,0 +1,182 @@
+"""Tests of the critical-n fit, fit.json, figure and CLI errors (plots/critical_n.py)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from plots import critical_n as cn
+
+HEADER = "d,k,critical_n,max_success_n,lo,hi,done,probes\n"
+
+
+def write_workdir(path, rows, results=None, label=None):
+  """A fake sweep workdir: critical_n.csv rows as text, optional results.jsonl and config."""
+  path.mkdir(parents=True, exist_ok=True)
+  (path / "critical_n.csv").write_text(HEADER + "".join(r + "\n" for r in rows))
+  if results is not None:
+    (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
+  if label is not None:
+    (path / "config.json").write_text(json.dumps({"label": label}))
+  return path
+
+
+def paper_like_rows(dims=range(4, 13), open_dims=(13,)):
+  """Finished rows on the paper's numbers plus open searches with a bracket."""
+  table = {r["d"]: r["critical_n"] for r in cn.read_paper_table6()}
+  rows = [f"{d},2,{table[d]},{table[d]},{table[d]},{table[d] + 1},true,5" for d in dims]
+  rows += [f"{d},2,,{table[d] - 4},{table[d] - 4},{table[d] + 6},false,3" for d in open_dims]
+  return rows
+
+
+def restart_results(dims=range(4, 13)):
+  """Three seeds per d whose largest succeeding n differ by a few documents."""
+  table = {r["d"]: r["critical_n"] for r in cn.read_paper_table6()}
+  results = []
+  for d in dims:
+    for seed, shift in enumerate((-2, 0, 1)):
+      best = table[d] + shift
+      results.append(dict(d=d, n=best, k=2, seed=seed, success=True, steps=10))
+      results.append(dict(d=d, n=best + 1, k=2, seed=seed, success=False, steps=10))
+  return results
+
+
+# --- fit --------------------------------------------------------------------------------------
+
+
+def test_paper_fit_reproduces_published_coefficients():
+  fit = cn.paper_fit()
+  assert [round(c, 4) for c in fit.coefficients] == [-10.5322, 4.0309, 0.0520, 0.0037]
+  assert fit.r2 >= 0.998
+  assert fit.d_min == 4 and fit.degree == 3 and len(fit.points) == 42
+  assert cn.extrapolate(fit)[1024] == pytest.approx(4.0e6, rel=0.01)
+
+
+def test_fit_recovers_noisy_cubic():
+  rng = np.random.default_rng(0)
+  true = np.array([5.0, 2.0, 0.1, 0.004])
+  d = np.arange(4, 80)
+  n = np.polynomial.polynomial.polyval(d, true) + rng.normal(0, 1.0, d.size)
+  fit = cn.fit_polynomial(d, np.round(n).astype(int), degree=3)
+  np.testing.assert_allclose(fit.coefficients, true, rtol=0.1, atol=0.5)
+  assert fit.r2 > 0.999
+
+
+def test_fit_ignores_dimensions_below_d_min():
+  d = np.arange(1, 20)
+  n = 3 * d + 7
+  n[:3] = 1000  # junk below d_min must not bend the line
+  fit = cn.fit_polynomial(d, n, degree=1, d_min=4)
+  np.testing.assert_allclose(fit.coefficients, [7, 3], atol=1e-8)
+  assert fit.points[0] == (4, 19)
+
+
+def test_format_fit_table_lists_coefficients_r2_and_extrapolations():
+  table = cn.format_fit_table(cn.paper_fit())
+  for text in ("d^3", "r²", "4096", "4,005,322"):
+    assert text in table
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+def test_read_critical_n_types_rows(tmp_path):
+  rows = cn.read_critical_n(write_workdir(tmp_path, paper_like_rows()))
+  assert rows[0] == dict(d=4, k=2, critical_n=10, max_success_n=10, lo=10, hi=11, done=True,
+                         probes="5")
+  assert rows[-1]["critical_n"] is None and rows[-1]["done"] is False
+
+
+def test_restart_spread_is_min_max_of_per_seed_best(tmp_path):
+  spread = cn.restart_spread(restart_results(dims=[10]))
+  assert spread == {(10, 2): (34, 37)}
+
+
+def test_read_results_skips_a_half_written_last_line_only(tmp_path):
+  record = json.dumps(dict(d=4, n=10, k=2, seed=0, success=True))
+  (tmp_path / "results.jsonl").write_text(f"{record}\n{record}\n{{\"d\": 4, \"n")
+  assert len(cn.read_results(tmp_path)) == 2
+  (tmp_path / "results.jsonl").write_text(f"{record}\n{{oops\n{record}\n")
+  with pytest.raises(ValueError, match="results.jsonl: line 2"):
+    cn.read_results(tmp_path)
+
+
+def test_write_fit_json(tmp_path):
+  write_workdir(tmp_path, paper_like_rows())
+  fit = cn.fit_workdir(tmp_path)
+  path = cn.write_fit_json(tmp_path, fit)
+  data = json.loads(path.read_text())
+  assert set(data) == {"degree", "coefficients", "r2", "d_min", "points", "extrapolation"}
+  assert set(data["extrapolation"]) == {"512", "768", "1024", "3072", "4096"}
+  assert data["degree"] == 3 and len(data["coefficients"]) == 4 and len(data["points"]) == 9
+  assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".fit.")] == []
+
+
+# --- figure -----------------------------------------------------------------------------------
+
+
+def test_plot_one_workdir(tmp_path):
+  workdir = write_workdir(tmp_path / "run", paper_like_rows(), restart_results())
+  paths = cn.plot([workdir], tmp_path / "fig" / "critical_n")
+  assert [p.suffix for p in paths] == [".png", ".pdf"]
+  assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_plot_two_workdirs_log_axis(tmp_path):
+  a = write_workdir(tmp_path / "a", paper_like_rows(), restart_results(), label="quick")
+  b = write_workdir(tmp_path / "b", paper_like_rows(range(4, 6), open_dims=(6, 7)))
+  paths = cn.plot([a, b], tmp_path / "both", log=True)  # b has too few points for a curve
+  assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_main_writes_fit_json_and_figures(tmp_path, capsys):
+  workdir = write_workdir(tmp_path, paper_like_rows(), restart_results())
+  cn.main(["critical_n", f"--workdir={workdir}"])
+  assert (tmp_path / "fit.json").is_file()
+  assert (tmp_path / "critical_n.png").stat().st_size > 0
+  assert (tmp_path / "critical_n.pdf").stat().st_size > 0
+  assert "r²" in capsys.readouterr().out
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+BAD_CSV = {  # case -> critical_n.csv text (None: no file at all)
+    "missing": None,
+    "too_few_points": HEADER + "".join(r + "\n" for r in paper_like_rows(range(4, 7))),
+    "missing_column": "d,k,critical_n\n4,2,10\n",
+    "not_an_integer": HEADER + "4,2,ten,10,10,11,true,5\n",
+    "bad_done": HEADER + "4,2,10,10,10,11,yes,5\n",
+    "short_row": HEADER + "4,2,10\n",
+    "empty": "",
+}
+
+
+def make_bad_workdir(tmp_path, case):
+  workdir = tmp_path / case
+  workdir.mkdir()
+  if BAD_CSV[case] is not None:
+    (workdir / "critical_n.csv").write_text(BAD_CSV[case])
+  return workdir
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CSV))
+def test_errors_name_the_file(tmp_path, case):
+  workdir = make_bad_workdir(tmp_path, case)
+  with pytest.raises((FileNotFoundError, ValueError), match="critical_n.csv") as info:
+    cn.fit_workdir(workdir)
+  assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CSV))
+def test_main_exits_with_one_line(tmp_path, case):
+  workdir = make_bad_workdir(tmp_path, case)
+  with pytest.raises(SystemExit) as info:
+    cn.main(["critical_n", f"--workdir={workdir}"])
+  message = str(info.value.code)
+  assert message.startswith("error: ") and "critical_n.csv" in message and "\n" not in message
+
+
+def test_main_requires_workdir():
+  with pytest.raises(SystemExit) as info:
+    cn.main(["critical_n"])
+  assert str(info.value.code).startswith("error: ") and "workdir" in str(info.value.code)

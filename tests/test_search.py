@@ -1,0 +1,119 @@
+"""Critical-n search: driven to completion against plain oracle functions."""
+
+import json
+from collections.abc import Callable
+
+import pytest
+
+from sweep.search import SearchSpec, SearchState, new_search, propose, record, summary
+
+FLOOR = 2
+
+
+Rounds = list[list[int]]
+
+
+def drive(spec: SearchSpec, oracle: Callable[[int], bool], m: int) -> tuple[SearchState, Rounds]:
+  """Run the search to done, one propose per round; return the final state and the rounds."""
+  s = new_search(spec)
+  rounds = []
+  while not summary(s)["done"]:
+    pts = propose(s, pending=[], max_points=m)
+    assert pts and len(pts) <= m and pts == sorted(set(pts))
+    assert all(n > spec.floor_n and n not in dict(s.outcomes) for n in pts)
+    rounds.append(pts)
+    for n in pts:
+      s = record(s, n, oracle(n))
+    assert len(rounds) < 200
+  return s, rounds
+
+
+@pytest.mark.parametrize("m", [1, 2, 5])
+@pytest.mark.parametrize(
+  ("c", "start"), [(FLOOR, 10), (FLOOR + 1, 10), (13, 10), (1000, 10), (5, 100)]
+)
+def test_monotone_oracle_finds_boundary_and_sweeps_around_it(c: int, start: int, m: int) -> None:
+  s, _ = drive(SearchSpec(start_n=start, floor_n=FLOOR, local_sweep=4), lambda n: n <= c, m)
+  out = summary(s)
+  assert (out["critical_n"], out["lo"], out["hi"], out["done"]) == (c, c, c + 1, True)
+  assert {n for n in range(c - 4, c + 6) if n > FLOOR} <= dict(s.outcomes).keys()
+  assert out["probes"] == len(s.outcomes)
+
+
+@pytest.mark.parametrize(
+  ("c", "expected"),
+  [(13, [10, 11, 12, 14, 13]), (4, [10, 9, 8, 6, 3, 4, 5]), (FLOOR, [10, 9, 8, 6, 3])],
+)
+def test_single_point_is_classic_gallop_then_bisection(c: int, expected: list[int]) -> None:
+  _, rounds = drive(SearchSpec(start_n=10, floor_n=FLOOR, local_sweep=0), lambda n: n <= c, 1)
+  assert [n for (n,) in rounds] == expected
+
+
+def test_multi_point_needs_fewer_rounds_for_a_far_boundary() -> None:
+  spec = SearchSpec(start_n=10, floor_n=FLOOR, local_sweep=0)
+  _, sequential = drive(spec, lambda n: n <= 1000, 1)
+  _, parallel = drive(spec, lambda n: n <= 1000, 5)
+  assert len(parallel) < len(sequential) / 2
+
+
+def test_multi_point_cuts_bracket_into_equal_parts() -> None:
+  s = record(record(new_search(SearchSpec(10, FLOOR, 0)), 10, True), 70, False)
+  assert propose(s, [], 1) == [40]
+  assert propose(s, [], 2) == [30, 50]
+  assert propose(s, [], 5) == [20, 30, 40, 50, 60]
+
+
+@pytest.mark.parametrize("m", [1, 2, 5])
+def test_success_above_boundary_shows_only_in_max_success(m: int) -> None:
+  spec = SearchSpec(start_n=10, floor_n=FLOOR, local_sweep=4)
+  s, _ = drive(spec, lambda n: n <= 20 or n == 23, m)
+  out = summary(s)
+  ok = dict(s.outcomes)
+  assert ok[out["critical_n"]] and not ok[out["critical_n"] + 1]
+  assert (out["critical_n"], out["max_success_n"]) == (20, 23)
+
+
+def test_failure_found_by_sweep_below_boundary_rebrackets() -> None:
+  # Gallop from 15 lands on 23 and closes (23, 24); the sweep then hits 21 and moves down.
+  spec = SearchSpec(start_n=15, floor_n=FLOOR, local_sweep=4)
+  s, _ = drive(spec, lambda n: n <= 20 or n == 23, 1)
+  out = summary(s)
+  assert (out["critical_n"], out["hi"], out["max_success_n"], out["done"]) == (20, 21, 23, True)
+  assert {n for n in range(16, 26)} <= dict(s.outcomes).keys()
+
+
+def test_pending_points_are_not_reproposed() -> None:
+  s = new_search(SearchSpec(start_n=10, floor_n=FLOOR, local_sweep=0))
+  assert propose(s, pending=[10], max_points=2) == [11, 12]
+  s = record(record(s, 18, True), 26, False)
+  assert propose(s, pending=[22], max_points=1) == [20]
+  assert propose(s, pending=range(19, 26), max_points=3) == []
+
+
+def test_recording_twice() -> None:
+  s = record(new_search(SearchSpec(10, FLOOR, 0)), 10, True)
+  assert record(s, 10, True) == s
+  with pytest.raises(ValueError, match="n=10"):
+    record(s, 10, False)
+
+
+@pytest.mark.parametrize(
+  ("kwargs", "field"),
+  [
+    ({"start_n": FLOOR, "floor_n": FLOOR, "local_sweep": 0}, "start_n"),
+    ({"start_n": 10, "floor_n": 0, "local_sweep": 0}, "floor_n"),
+    ({"start_n": 10, "floor_n": FLOOR, "local_sweep": -1}, "local_sweep"),
+  ],
+)
+def test_invalid_spec_names_the_field(kwargs: dict, field: str) -> None:
+  with pytest.raises(ValueError, match=field):
+    new_search(SearchSpec(**kwargs))
+
+
+def test_json_round_trip_keeps_state_and_proposals() -> None:
+  s = new_search(SearchSpec(start_n=10, floor_n=FLOOR, local_sweep=4))
+  for n, ok in [(10, True), (11, True), (12, True), (14, True), (18, True), (26, False)]:
+    s = record(s, n, ok)
+  back = SearchState.from_json(json.loads(json.dumps(s.to_json())))
+  assert back == s
+  assert propose(back, [22], 3) == propose(s, [22], 3)

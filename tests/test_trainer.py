@@ -1,0 +1,164 @@
+"""The trainer on tiny configurations of the real code."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sweep import problems
+from sweep import trainer as T
+
+
+def plain_loss(queries, documents, relevance, temperature, form):
+  """The loss of one unpadded configuration, written out directly."""
+  logits = queries @ documents.T / temperature
+  log_probs = logits - jax.scipy.special.logsumexp(logits, axis=1, keepdims=True)
+  picked = jnp.take_along_axis(log_probs, jnp.asarray(relevance), axis=1)
+  if form == "code":
+    return -picked.mean()
+  return -jax.scipy.special.logsumexp(picked, axis=1).mean()
+
+
+@pytest.mark.parametrize("form", ["code", "paper"])
+def test_padded_slot_loss_and_gradient_match_plain_computation(form):
+  settings = T.TrainSettings(loss=form)
+  config = T.Configuration(d=3, n=5, temperature=0.2)
+  shape = T.BucketShape(slots=2, queries=21, documents=7, dims=6, width=2)
+  slots = T.pack([config, T.Configuration(d=6, n=7)], shape)
+  state = T.init_state(settings, shape, slots)
+  slot = jax.tree.map(lambda x: x[0], slots)
+  params = (state.queries[0], state.documents[0])
+  loss, (grad_q, grad_d) = jax.value_and_grad(lambda p: T.slot_loss(settings, slot, p))(params)
+
+  q, d = params[0][:10, :3], params[1][:5, :3]
+  expected, (exp_q, exp_d) = jax.value_and_grad(
+      lambda p: plain_loss(p[0], p[1], config.relevance(), 0.2, form))((q, d))
+  np.testing.assert_allclose(loss, expected, atol=1e-5)
+  np.testing.assert_allclose(grad_q[:10, :3], exp_q, atol=1e-5)
+  np.testing.assert_allclose(grad_d[:5, :3], exp_d, atol=1e-5)
+  assert not np.asarray(grad_q[10:]).any() and not np.asarray(grad_q[:, 3:]).any()
+  assert not np.asarray(grad_d[5:]).any() and not np.asarray(grad_d[:, 3:]).any()
+
+
+def loss_trace(configs, shape, steps, settings=T.TrainSettings()):
+  slots = T.pack(configs, shape)
+  state = T.init_state(settings, shape, slots)
+  step = jax.jit(T.train_step, static_argnums=0)
+  losses = []
+  for _ in range(steps):
+    state = step(settings, slots, state)
+    losses.append(np.asarray(state.loss))
+  return np.stack(losses), state
+
+
+def test_alone_and_in_a_padded_batch_train_identically():
+  config = T.Configuration(d=3, n=6, seed=7)
+  others = [T.Configuration(d=5, n=9, seed=1), T.Configuration(d=2, n=4, seed=3)]
+  alone, _ = loss_trace([config], T.BucketShape.fitting([config]), 200)
+  batch = [others[0], config, others[1]]
+  together, _ = loss_trace(batch, T.BucketShape.fitting(batch, slots=4), 200)
+  np.testing.assert_allclose(alone[:, 0], together[:, 1], atol=1e-4)
+
+
+def test_alone_and_batched_agree_on_success():
+  clear = [T.Configuration(d=2, n=3), T.Configuration(d=4, n=6), T.Configuration(d=2, n=5)]
+  batched = T.train(clear)
+  for config, result in zip(clear, batched):
+    assert T.train([config])[0]["success"] == result["success"]
+  assert [r["success"] for r in batched] == [True, True, False]
+
+
+def test_exact_geometry():
+  seeds = range(4)
+  cases = {(2, 3): [], (2, 4): [], (3, 4): [], (3, 5): [], (4, 8): []}
+  configs = [T.Configuration(d=d, n=n, seed=s) for (d, n) in cases for s in seeds]
+  for config, result in zip(configs, T.train(configs)):
+    cases[config.d, config.n].append(result["success"])
+  assert any(cases[2, 3]) and not any(cases[2, 4])
+  assert any(cases[3, 4]) and not any(cases[3, 5])
+  assert any(cases[4, 8])
+
+
+def test_padded_dimensions_and_rows_stay_zero():
+  configs = [T.Configuration(d=2, n=4), T.Configuration(d=5, n=7)]
+  shape = T.BucketShape.fitting(configs, slots=3)
+  _, state = loss_trace(configs, shape, 30)
+  assert not np.asarray(state.queries[0, :, 2:]).any()
+  assert not np.asarray(state.documents[0, :, 2:]).any()
+  assert not np.asarray(state.documents[0, 4:]).any()
+  assert not np.asarray(state.queries[0, 6:]).any()
+  assert not np.asarray(state.queries[2]).any()  # the empty slot
+  norms = np.linalg.norm(np.asarray(state.documents[1]), axis=-1)
+  np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+
+
+def test_each_slot_stops_on_its_own_and_stays_frozen():
+  settings = T.TrainSettings(max_steps=120, eval_every=50)
+  configs = [T.Configuration(d=2, n=3), T.Configuration(d=2, n=6)]
+  results = T.train(configs, settings)
+  assert results[0]["stop_reason"] == "success" and results[0]["stop_step"] <= 100
+  assert results[1]["stop_reason"] == "max_steps" and results[1]["stop_step"] == 120
+
+
+def test_plateau_stops_after_patience():
+  # Only the first step improves on the initial infinite best loss by min_delta.
+  settings = T.TrainSettings(patience=20, min_delta=100.0)
+  result = T.train([T.Configuration(d=2, n=6)], settings)[0]
+  assert result["stop_reason"] == "plateau" and result["stop_step"] == 21
+
+
+def test_nonfinite_loss_stops_loudly():
+  result = T.train([T.Configuration(d=2, n=4, temperature=1e-45)])[0]
+  assert result["stop_reason"] == "nonfinite"
+  assert not result["success"]
+
+
+def test_embeddings_are_returned_unpadded():
+  configs = [T.Configuration(d=2, n=3), T.Configuration(d=4, n=6)]
+  result = T.train(configs, return_embeddings=True)[0]
+  assert result["queries"].shape == (3, 2) and result["documents"].shape == (3, 2)
+  scores = result["queries"] @ result["documents"].T
+  top2 = np.argsort(-scores, axis=1)[:, :2]
+  assert all(set(t) == set(r) for t, r in zip(top2, problems.colex_subsets(3, 2)))
+
+
+def test_one_bucket_shape_compiles_once_across_batches():
+  compiles = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, _, **kw: compiles.append(event) if "backend_compile" in event else None)
+  settings = T.TrainSettings(max_steps=100)
+  shape = T.BucketShape(slots=2, queries=15, documents=6, dims=4, width=2)
+  batches = [[T.Configuration(d=2, n=3), T.Configuration(d=4, n=6)],
+             [T.Configuration(d=3, n=5, seed=2)],
+             [T.Configuration(d=4, n=4, learning_rate=0.1), T.Configuration(d=1, n=2)]]
+  counts = []
+  for configs in batches:
+    slots = T.pack(configs, shape)
+    state = T.init_state(settings, shape, slots)
+    state = T.train_chunk(settings, slots, state)
+    state = T.refill(settings, shape, slots, state, jnp.array([True, False]))
+    counts.append(len(compiles))
+  assert counts[0] > 0 and counts[1] == counts[0] and counts[2] == counts[0]
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(loss="triplet"), "loss"), (dict(optimizer="nope"), "optimizer"),
+    (dict(max_steps=0), "max_steps"), (dict(patience=-1), "patience"),
+    (dict(eval_every=0), "eval_every"), (dict(min_delta=-1.0), "min_delta")])
+def test_settings_validation(kwargs, field):
+  with pytest.raises(ValueError, match=field):
+    T.TrainSettings(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(d=0, n=4), "d=0"), (dict(d=2, n=1), "n=1"), (dict(d=2, n=4, k=0), "k=0"),
+    (dict(d=2, n=4, learning_rate=0.0), "learning_rate"),
+    (dict(d=2, n=4, temperature=-1.0), "temperature")])
+def test_configuration_validation(kwargs, field):
+  with pytest.raises(ValueError, match=field):
+    T.Configuration(**kwargs)
+
+
+def test_pack_rejects_configurations_that_do_not_fit():
+  with pytest.raises(ValueError, match="does not fit"):
+    T.pack([T.Configuration(d=5, n=4)], T.BucketShape(1, 6, 4, 4, 2))
