@@ -213,16 +213,24 @@ def init_state(settings: TrainSettings, shape: BucketShape, slots: Slots) -> Tra
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def refill(settings: TrainSettings, shape: BucketShape, slots: Slots, state: TrainState,
-           fresh: jax.Array) -> TrainState:
-  """Restart the slots marked `fresh` with their (new) configuration; keep the others.
+def rebuild(settings: TrainSettings, shape: BucketShape, slots: Slots, state: TrainState,
+            source: jax.Array) -> TrainState:
+  """A state of `shape` whose slot j continues old slot source[j], or starts fresh if -1.
 
-  This is how a finished slot takes the next pending probe at a chunk boundary without a
-  recompile: the bucket shape, and so the compiled program, stays the same.
+  This is how finished slots take the next pending probes at a chunk boundary (same shape:
+  no recompile) and how a bucket grows or shrinks while its running slots go on. Every
+  array only gains zero padding (embeddings, optimizer moments), which the padded
+  dimensions, documents and queries hold anyway, so moved slots train on unchanged.
   """
-  new = init_state(settings, shape, slots)
-  return jax.tree.map(
-      lambda a, b: jnp.where(fresh.reshape(fresh.shape + (1,) * (a.ndim - 1)), a, b), new, state)
+  fresh = init_state(settings, shape, slots)
+  moves = source >= 0
+
+  def move(new, old):
+    old = old[jnp.maximum(source, 0)]
+    old = jnp.pad(old, [(0, 0)] + [(0, a - b) for a, b in zip(new.shape[1:], old.shape[1:])])
+    return jnp.where(moves.reshape(moves.shape + (1,) * (new.ndim - 1)), old, new)
+
+  return jax.tree.map(move, fresh, state)
 
 
 # ---------------------------------------------------------------------------------------

@@ -136,7 +136,7 @@ def test_one_bucket_shape_compiles_once_across_batches():
     slots = T.pack(configs, shape)
     state = T.init_state(settings, shape, slots)
     state = T.train_chunk(settings, slots, state)
-    state = T.refill(settings, shape, slots, state, jnp.array([True, False]))
+    state = T.rebuild(settings, shape, slots, state, jnp.array([-1, 1]))
     counts.append(len(compiles))
   assert counts[0] > 0 and counts[1] == counts[0] and counts[2] == counts[0]
 
@@ -162,3 +162,21 @@ def test_configuration_validation(kwargs, field):
 def test_pack_rejects_configurations_that_do_not_fit():
   with pytest.raises(ValueError, match="does not fit"):
     T.pack([T.Configuration(d=5, n=4)], T.BucketShape(1, 6, 4, 4, 2))
+
+
+def test_rebuild_moves_running_slots_into_a_larger_bucket_unchanged():
+  settings = T.TrainSettings(chunk_evals=2, eval_every=20)
+  configs = [T.Configuration(d=2, n=5), T.Configuration(d=3, n=6)]
+  small = T.BucketShape.fitting(configs)
+  state = T.train_chunk(settings, T.pack(configs, small), T.init_state(settings, small, T.pack(configs, small)))
+  big = T.BucketShape(slots=3, queries=28, documents=8, dims=5, width=2)
+  moved_configs = [T.Configuration(d=4, n=8), configs[1], configs[0]]
+  big_slots = T.pack(moved_configs, big)
+  moved = T.rebuild(settings, big, big_slots, state, jnp.array([-1, 1, 0]))
+  np.testing.assert_array_equal(moved.queries[2, :15, :3], state.queries[0])
+  assert not np.asarray(moved.queries[2, 15:]).any()
+  assert int(moved.step[1]) == int(state.step[1]) == 40 and int(moved.step[0]) == 0
+  continued = T.train_chunk(settings, big_slots, moved)
+  reference = T.train_chunk(settings, T.pack(configs, small), state)
+  np.testing.assert_allclose(continued.loss[2], reference.loss[0], atol=1e-5)
+  np.testing.assert_allclose(continued.loss[1], reference.loss[1], atol=1e-5)
