@@ -120,8 +120,9 @@ def read_label(workdir: str | os.PathLike) -> str:
       config = json.loads(path.read_text())
     except json.JSONDecodeError as e:
       raise ValueError(f"{path}: invalid JSON: {e}") from None
-    if isinstance(config, dict) and isinstance(config.get("label"), str) and config["label"]:
-      return config["label"]
+    label = config.get("config", {}).get("label") if isinstance(config, dict) else None
+    if isinstance(label, str) and label:
+      return label
   return workdir.resolve().name
 
 

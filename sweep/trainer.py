@@ -152,17 +152,19 @@ class TrainState:
 
 
 def pack(configs, shape: BucketShape) -> Slots:
-  """Host-side: lay configurations into the slots of `shape`; unused slots are empty."""
+  """Host-side: lay configurations into the slots of `shape`; None and unused slots are empty."""
   if len(configs) > shape.slots:
     raise ValueError(f"{len(configs)} configurations do not fit {shape.slots} slots")
   for config in configs:
-    if not shape.holds(config):
+    if config is not None and not shape.holds(config):
       raise ValueError(f"{config} does not fit the bucket {shape}")
   relevance = np.full((shape.slots, shape.queries, shape.width), problems.PAD, np.int32)
   num_queries, num_documents, dims = (np.zeros(shape.slots, np.int32) for _ in range(3))
   learning_rate, temperature = np.ones(shape.slots, np.float32), np.ones(shape.slots, np.float32)
   key = np.zeros((shape.slots, 2), np.uint32)
   for i, c in enumerate(configs):
+    if c is None:
+      continue
     table = c.relevance()
     relevance[i, :len(table), :table.shape[1]] = table
     num_queries[i], num_documents[i], dims[i] = len(table), c.n, c.d
@@ -218,15 +220,16 @@ def rebuild(settings: TrainSettings, shape: BucketShape, slots: Slots, state: Tr
   """A state of `shape` whose slot j continues old slot source[j], or starts fresh if -1.
 
   This is how finished slots take the next pending probes at a chunk boundary (same shape:
-  no recompile) and how a bucket grows or shrinks while its running slots go on. Every
-  array only gains zero padding (embeddings, optimizer moments), which the padded
-  dimensions, documents and queries hold anyway, so moved slots train on unchanged.
+  no recompile) and how a bucket grows or shrinks while its running slots go on. A moved
+  slot only gains or loses zero padding (embeddings, optimizer moments), which padded
+  dimensions, documents and queries hold anyway, so it trains on unchanged.
   """
   fresh = init_state(settings, shape, slots)
   moves = source >= 0
 
   def move(new, old):
-    old = old[jnp.maximum(source, 0)]
+    # Crop what a smaller bucket drops (zeros: the moved configurations fit it), pad the rest.
+    old = old[(jnp.maximum(source, 0),) + tuple(slice(0, a) for a in new.shape[1:])]
     old = jnp.pad(old, [(0, 0)] + [(0, a - b) for a, b in zip(new.shape[1:], old.shape[1:])])
     return jnp.where(moves.reshape(moves.shape + (1,) * (new.ndim - 1)), old, new)
 

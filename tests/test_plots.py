@@ -17,7 +17,7 @@ def write_workdir(path, rows, results=None, label=None):
   if results is not None:
     (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
   if label is not None:
-    (path / "config.json").write_text(json.dumps({"label": label}))
+    (path / "config.json").write_text(json.dumps({"config": {"label": label}}))
   return path
 
 

@@ -1,0 +1,57 @@
+"""Bucket shapes: coarse padded sizes, the memory a slot needs, and how many slots fit.
+
+Padded sizes come from a coarse grid (at most 25% padding) so that a sweep compiles only a
+handful of programs while its searches move n up and down.
+"""
+
+from __future__ import annotations
+
+import math
+
+from sweep.trainer import BucketShape, Configuration
+
+_FLOAT_BYTES = 4
+# Live copies per embedding entry (parameters, gradient, two Adam moments, updates, the
+# scan carry) and per logit (scores, log-probabilities, their cotangents, masks).
+_COPIES_PER_EMBEDDING = 8
+_COPIES_PER_LOGIT = 8
+
+
+def padded(size: int) -> int:
+  """The grid value >= size: steps of 4 up to 32, then a quarter of the power of two below."""
+  step = max(4, 2 ** max(0, math.floor(math.log2(max(size - 1, 1))) - 2))
+  return -(-size // step) * step
+
+
+def shape_class(config: Configuration) -> BucketShape:
+  """The single-slot padded shape a configuration trains in."""
+  documents = padded(config.n)
+  queries = (math.comb(documents, config.k) if config.num_queries is None
+             else padded(config.num_queries))
+  return BucketShape(slots=1, queries=queries, documents=documents, dims=padded(config.d),
+                     width=config.k)
+
+
+def covering(configs, slots: int) -> BucketShape:
+  """The smallest grid shape holding all configurations, with `slots` slots."""
+  classes = [shape_class(c) for c in configs]
+  return BucketShape(slots=slots, queries=max(s.queries for s in classes),
+                     documents=max(s.documents for s in classes),
+                     dims=max(s.dims for s in classes), width=max(s.width for s in classes))
+
+
+def slot_bytes(shape: BucketShape) -> int:
+  """Device memory one slot of `shape` needs while training, roughly."""
+  embeddings = (shape.queries + shape.documents) * shape.dims * _COPIES_PER_EMBEDDING
+  logits = shape.queries * shape.documents * _COPIES_PER_LOGIT
+  return _FLOAT_BYTES * (embeddings + logits + shape.queries * shape.width)
+
+
+def slots_within(shape: BucketShape, memory_budget_mb: float) -> int:
+  """How many slots of `shape` fit the budget (0 if not even one)."""
+  return int(memory_budget_mb * 2**20 // slot_bytes(shape))
+
+
+def power_of_two_at_least(count: int) -> int:
+  """Slot counts are powers of two, so resizing a bucket reuses few compiled shapes."""
+  return 1 << max(0, count - 1).bit_length()

@@ -1,0 +1,102 @@
+"""`sweep run | status | plot`: parses flags and wires the modules together, nothing more."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from sweep import driver as driver_lib
+from sweep.store import Store
+
+USAGE = """usage: sweep COMMAND [flags]
+  sweep run --config=experiments/quick.py --workdir=DIR [--config.FIELD=VALUE ...]
+  sweep status --workdir=DIR [--json]
+  sweep plot --workdir=DIR [--workdir=DIR2 ...] [--degree=3] [--d_min=4] [--out=PATH] [--log]"""
+
+FLAGS = flags.FLAGS
+
+
+def _fail(error: Exception) -> None:
+  sys.exit(f"error: {' '.join(str(error).split())}")
+
+
+def _draw_figure(workdir: str) -> None:
+  from plots import critical_n  # matplotlib only where a figure is drawn
+  try:
+    critical_n.report([workdir])
+  except ValueError as error:
+    logging.info("no figure yet: %s", error)
+
+
+def run(argv) -> None:
+  del argv
+  logging.set_verbosity(logging.WARNING)  # progress lines are printed; library chatter is not
+  config = FLAGS.config
+  stop = []
+  for signum in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(signum, lambda signum, frame: stop.append(signum))
+  store = Store(FLAGS.workdir)
+  try:
+    driver = driver_lib.Driver(config, store)
+    store.claim(config.to_dict())
+    finished = driver.run(stop_requested=lambda: bool(stop), progress=print)
+  except (ValueError, FileNotFoundError) as error:
+    _fail(error)
+  finally:
+    store.close()
+  if not finished:
+    print(f"stopped by signal {stop[0]} after a checkpoint; resume with the same command: "
+          f"{' '.join(sys.argv)}")
+    return
+  rows = store.read_critical_n()
+  print("\n".join(f"d={r['d']}: critical n = {r['critical_n']} (largest success "
+                  f"{r['max_success_n']}, probes {r['probes']})" for r in rows))
+  _draw_figure(FLAGS.workdir)
+
+
+def status(argv) -> None:
+  del argv
+  store = Store(FLAGS.workdir)
+  try:
+    rows = store.read_critical_n()
+    finished = len(store.load_results())
+  except (ValueError, FileNotFoundError) as error:
+    _fail(error)
+  if FLAGS.json:
+    print(json.dumps({"configurations_finished": finished, "searches": rows}, indent=2))
+    return
+  print(f"{store.workdir}: {finished} configurations finished")
+  print(f"{'d':>4} {'k':>3} {'bracket':>12} {'critical_n':>10} {'max_success':>11} "
+        f"{'probes':>6}  state")
+  for r in rows:
+    bracket = f"[{r['lo']}, {r['hi'] or '?'}]"
+    print(f"{r['d']:>4} {r['k']:>3} {bracket:>12} {r['critical_n'] or '-':>10} "
+          f"{r['max_success_n'] or '-':>11} {r['probes']:>6}  "
+          f"{'done' if r['done'] == 'true' else 'open'}")
+
+
+COMMANDS = {"run": run, "status": status}
+
+
+def run_main() -> None:
+  """Console entry point: the first argument picks the command."""
+  if len(sys.argv) < 2 or sys.argv[1] not in (*COMMANDS, "plot"):
+    sys.exit(USAGE)
+  command = sys.argv.pop(1)
+  if command == "plot":
+    from plots import critical_n
+    critical_n.main([f"{sys.argv[0]} plot", *sys.argv[1:]])
+    return
+  flags.DEFINE_string("workdir", None, "The sweep's directory (results, checkpoints, figure).",
+                      required=True)
+  if command == "run":
+    config_flags.DEFINE_config_file("config", None, "A config file, e.g. experiments/quick.py.",
+                                    lock_config=True)
+    flags.mark_flag_as_required("config")
+  else:
+    flags.DEFINE_bool("json", False, "Print the status as JSON.")
+  app.run(COMMANDS[command])

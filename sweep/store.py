@@ -1,0 +1,153 @@
+"""Everything a sweep writes: config.json, results.jsonl, critical_n.csv and checkpoints.
+
+The only module that touches the disk. Results are appended and flushed one line per
+finished configuration; tables are replaced atomically; checkpoints are orbax's (atomic,
+the last two kept). A resumed sweep replays from its checkpoint, so a configuration whose
+line is already in results.jsonl is not written again.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.metadata
+import io
+import json
+import logging
+import platform
+import sys
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+CRITICAL_N_COLUMNS = ("d", "k", "critical_n", "max_success_n", "lo", "hi", "done", "probes")
+RESULT_KEY = ("d", "n", "k", "seed")
+# Fields that change how a sweep runs but not what it finds; a resumed run may change them.
+RUN_ONLY_FIELDS = ("checkpoint_every_s", "label")
+
+
+def result_key(record: dict) -> tuple:
+  return tuple(record[field] for field in RESULT_KEY)
+
+
+def environment() -> dict:
+  """Versions and the device, recorded next to the config so a result can be traced."""
+  versions = {name: importlib.metadata.version(name)
+              for name in ("jax", "jaxlib", "optax", "orbax-checkpoint", "flax")}
+  device = jax.devices()[0]
+  return {"python": sys.version.split()[0], "platform_system": platform.platform(),
+          "versions": versions, "backend": device.platform, "device_kind": device.device_kind,
+          "device_count": jax.device_count()}
+
+
+def _atomic_write_text(path: epath.Path, text: str) -> None:
+  temporary = path.parent / f".{path.name}.tmp"
+  temporary.write_text(text)
+  temporary.replace(path)
+
+
+class Store:
+  """One sweep's workdir."""
+
+  def __init__(self, workdir: str):
+    self.workdir = epath.Path(workdir)
+    self.results_path = self.workdir / "results.jsonl"
+    self.critical_n_path = self.workdir / "critical_n.csv"
+    self.config_path = self.workdir / "config.json"
+    self._checkpoints: ocp.CheckpointManager | None = None
+
+  # -- config -----------------------------------------------------------------------------
+
+  def claim(self, config: dict) -> None:
+    """Write config.json, or check that the workdir was made by this same config."""
+    if self.config_path.exists():
+      previous = json.loads(self.config_path.read_text())["config"]
+      differ = sorted(key for key in set(previous) | set(config)
+                      if key not in RUN_ONLY_FIELDS and previous.get(key) != config.get(key))
+      if differ:
+        raise ValueError(
+            f"{self.workdir} was made by another config: fields {', '.join(differ)} differ "
+            f"(use a new --workdir, or the same values)")
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(self.config_path, json.dumps(
+        {"config": config, "environment": environment()}, indent=2, sort_keys=True) + "\n")
+
+  def read_config(self) -> dict:
+    if not self.config_path.exists():
+      raise FileNotFoundError(f"{self.config_path} does not exist: not a sweep workdir")
+    return json.loads(self.config_path.read_text())["config"]
+
+  # -- results ----------------------------------------------------------------------------
+
+  def load_results(self) -> dict[tuple, dict]:
+    """Finished configurations by (d, n, k, seed); a torn last line (a kill mid-write) is cut."""
+    if not self.results_path.exists():
+      return {}
+    text = self.results_path.read_text()
+    lines = text.split("\n")
+    complete, torn = lines[:-1], lines[-1]
+    if torn:
+      logging.warning("dropping a partial last line of %s", self.results_path)
+      self.results_path.write_text("".join(line + "\n" for line in complete))
+    return {result_key(r): r for r in map(json.loads, filter(None, complete))}
+
+  def append_results(self, records: list[dict]) -> None:
+    if records:
+      with self.results_path.open("a") as f:
+        f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        f.flush()
+
+  def write_critical_n(self, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, CRITICAL_N_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+      writer.writerow({key: "" if row[key] is None else
+                       str(row[key]).lower() if isinstance(row[key], bool) else row[key]
+                       for key in CRITICAL_N_COLUMNS})
+    _atomic_write_text(self.critical_n_path, buffer.getvalue())
+
+  def read_critical_n(self) -> list[dict]:
+    if not self.critical_n_path.exists():
+      raise FileNotFoundError(f"{self.critical_n_path} does not exist: no sweep has run there")
+    return list(csv.DictReader(io.StringIO(self.critical_n_path.read_text())))
+
+  # -- checkpoints ------------------------------------------------------------------------
+
+  @property
+  def checkpoints(self) -> ocp.CheckpointManager:
+    if self._checkpoints is None:
+      self._checkpoints = ocp.CheckpointManager(
+          (self.workdir / "checkpoints").resolve(),
+          options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False),
+          item_names=("train", "driver"))
+    return self._checkpoints
+
+  def save_checkpoint(self, step: int, train_state, driver_state: dict) -> None:
+    self.checkpoints.save(step, args=ocp.args.Composite(
+        train=ocp.args.StandardSave(train_state), driver=ocp.args.JsonSave(driver_state)),
+        force=True)
+    self.checkpoints.wait_until_finished()
+
+  def restore_checkpoint(self, abstract_train_state):
+    """(step, train_state, driver_state) of the newest readable checkpoint, or None.
+
+    `abstract_train_state(driver_state)` gives the target structure (and sharding) for the
+    train state, which depends on the bucket recorded in the driver state. A corrupt or
+    partial newest checkpoint is reported and the previous one is used.
+    """
+    for step in sorted(self.checkpoints.all_steps(), reverse=True):
+      try:
+        driver = self.checkpoints.restore(step, args=ocp.args.Composite(
+            driver=ocp.args.JsonRestore()))["driver"]
+        train = self.checkpoints.restore(step, args=ocp.args.Composite(
+            train=ocp.args.StandardRestore(abstract_train_state(driver))))["train"]
+        return step, train, driver
+      except Exception as error:  # any unreadable checkpoint: fall back to the previous one
+        logging.warning("checkpoint %d in %s is unreadable (%s: %s); trying the previous one",
+                        step, self.workdir, type(error).__name__, str(error).split("\n")[0])
+    return None
+
+  def close(self) -> None:
+    if self._checkpoints is not None:
+      self._checkpoints.close()
