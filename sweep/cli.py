@@ -100,3 +100,7 @@ def run_main() -> None:
   else:
     flags.DEFINE_bool("json", False, "Print the status as JSON.")
   app.run(COMMANDS[command])
+
+
+if __name__ == "__main__":
+  run_main()

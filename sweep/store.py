@@ -60,6 +60,7 @@ class Store:
 
   def claim(self, config: dict) -> None:
     """Write config.json, or check that the workdir was made by this same config."""
+    config = json.loads(json.dumps(config))  # compare as stored: tuples are lists there
     if self.config_path.exists():
       previous = json.loads(self.config_path.read_text())["config"]
       differ = sorted(key for key in set(previous) | set(config)
@@ -124,6 +125,9 @@ class Store:
     return self._checkpoints
 
   def save_checkpoint(self, step: int, train_state, driver_state: dict) -> None:
+    """Save at a chunk boundary; a step already saved holds this same state and is kept."""
+    if step in self.checkpoints.all_steps():
+      return
     self.checkpoints.save(step, args=ocp.args.Composite(
         train=ocp.args.StandardSave(train_state), driver=ocp.args.JsonSave(driver_state)),
         force=True)

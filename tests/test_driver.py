@@ -1,0 +1,169 @@
+"""The sweep driver, store and CLI end to end on tiny configurations."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from sweep import driver as driver_lib
+from sweep.store import Store
+
+TINY = dict(dims=(2, 3), restarts=2, max_steps=3000, patience=300, eval_every=25,
+            chunk_evals=2, local_sweep=1, checkpoint_every_s=0.001)
+
+
+def tiny_config(**overrides):
+  config = driver_lib.default_config()
+  config.update({**TINY, **overrides})
+  return config
+
+
+def write_config_file(path, **overrides):
+  fields = {**TINY, **overrides}
+  body = "".join(f"  c.{k} = {v!r}\n" for k, v in fields.items())
+  path.write_text("from sweep.driver import default_config\n\ndef get_config():\n"
+                  f"  c = default_config()\n{body}  return c\n")
+  return path
+
+
+def sweep(*args, **kwargs):
+  return subprocess.Popen([sys.executable, "-m", "sweep.cli", *args], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def results_without_timing(workdir):
+  lines = (workdir / "results.jsonl").read_text().splitlines()
+  records = [json.loads(line) for line in lines]
+  for r in records:
+    r.pop("wall_seconds")
+  return sorted(records, key=lambda r: (r["d"], r["n"], r["seed"]))
+
+
+def uninterrupted(workdir, **overrides):
+  store = Store(str(workdir))
+  assert driver_lib.Driver(tiny_config(**overrides), store).run(progress=lambda _: None)
+  store.close()
+  return results_without_timing(workdir), (workdir / "critical_n.csv").read_text()
+
+
+def test_exact_geometry_sweep_reports_3_and_4(tmp_path):
+  store = Store(str(tmp_path))
+  driver = driver_lib.Driver(tiny_config(restarts=3, max_steps=20_000, patience=1000,
+                                         eval_every=50, chunk_evals=20), store)
+  assert driver.run(progress=lambda _: None)
+  rows = {r["d"]: r for r in store.read_critical_n()}
+  assert rows["2"]["critical_n"] == "3" and rows["3"]["critical_n"] == "4"
+  assert all(r["done"] == "true" for r in rows.values())
+
+
+def wait_for(predicate, process, timeout=120):
+  deadline = time.monotonic() + timeout
+  while not predicate():
+    assert process.poll() is None, process.communicate()
+    assert time.monotonic() < deadline
+    time.sleep(0.05)
+
+
+def test_sigkill_at_any_moment_then_resume_equals_uninterrupted(tmp_path):
+  expected = uninterrupted(tmp_path / "reference")
+  config_file = write_config_file(tmp_path / "tiny.py")
+  workdir = tmp_path / "killed"
+  args = ["run", f"--config={config_file}", f"--workdir={workdir}"]
+  process = sweep(*args)
+  results = workdir / "results.jsonl"
+  wait_for(lambda: results.exists() and len(results.read_text().splitlines()) >= 3, process)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  resumed = sweep(*args)
+  out, err = resumed.communicate(timeout=300)
+  assert resumed.returncode == 0, err
+  assert "resumed" in out
+  assert (results_without_timing(workdir), (workdir / "critical_n.csv").read_text()) == expected
+
+
+def test_sigterm_checkpoints_exits_cleanly_and_resumes(tmp_path):
+  expected = uninterrupted(tmp_path / "reference")
+  config_file = write_config_file(tmp_path / "tiny.py")
+  workdir = tmp_path / "preempted"
+  args = ["run", f"--config={config_file}", f"--workdir={workdir}"]
+  process = sweep(*args)
+  wait_for(lambda: (workdir / "results.jsonl").exists(), process)
+  process.send_signal(signal.SIGTERM)
+  out, err = process.communicate(timeout=120)
+  assert process.returncode == 0, err
+  assert "resume with the same command" in out
+  assert "false" in (workdir / "critical_n.csv").read_text()  # stopped before the end
+  resumed = sweep(*args)
+  resumed.communicate(timeout=300)
+  assert resumed.returncode == 0
+  assert (results_without_timing(workdir), (workdir / "critical_n.csv").read_text()) == expected
+
+
+def test_workdir_of_another_config_is_refused_naming_the_fields(tmp_path):
+  config_file = write_config_file(tmp_path / "tiny.py", dims=(2,), max_steps=200)
+  workdir = tmp_path / "w"
+  first = sweep("run", f"--config={config_file}", f"--workdir={workdir}")
+  first.communicate(timeout=300)
+  assert first.returncode == 0
+  second = sweep("run", f"--config={config_file}", f"--workdir={workdir}",
+                 "--config.k=3", "--config.temperature=0.05")
+  _, err = second.communicate(timeout=120)
+  assert second.returncode != 0
+  assert err.strip().splitlines()[-1].startswith("error:")
+  assert "k, temperature" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("field, value", [
+    ("k", 0), ("dims", ()), ("dims", (0, 3)), ("max_steps", -5), ("loss", "triplet"),
+    ("restarts", 0), ("learning_rate", 0.0), ("optimizer", "nope"), ("start_n", 2),
+    ("memory_budget_mb", -1.0)])
+def test_bad_config_values_fail_in_one_line_before_work(field, value):
+  config = tiny_config(**{field: value})
+  with pytest.raises(ValueError, match=field) as error:
+    driver_lib.validate_config(config)
+  assert "\n" not in str(error.value)
+
+
+def test_bad_value_on_the_command_line(tmp_path):
+  config_file = write_config_file(tmp_path / "tiny.py")
+  process = sweep("run", f"--config={config_file}", f"--workdir={tmp_path / 'w'}", "--config.k=0")
+  _, err = process.communicate(timeout=60)
+  assert process.returncode != 0
+  assert err.strip().splitlines() == ["error: config.k=0 is out of range: need an integer >= 1"]
+  assert not (tmp_path / "w" / "results.jsonl").exists()
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
+  config = tiny_config(dims=(2,))
+  store = Store(str(tmp_path))
+  driver = driver_lib.Driver(config, store)
+  driver.run(progress=lambda _: None)
+  first_state = driver.state.to_json()
+  driver.state.chunk += 1
+  driver.checkpoint()
+  latest = store.checkpoints.latest_step()
+  for path in (tmp_path / "checkpoints" / str(latest) / "train").rglob("*"):
+    if path.is_file():
+      path.write_bytes(b"garbage")
+  store.close()
+  fresh = driver_lib.Driver(config, Store(str(tmp_path)))
+  assert fresh.restore()
+  assert fresh.state.to_json() == first_state
+  assert "unreadable" in caplog.text
+
+
+def test_status_prints_brackets(tmp_path):
+  store = Store(str(tmp_path))
+  driver_lib.Driver(tiny_config(dims=(2,)), store).run(progress=lambda _: None)
+  store.close()
+  process = sweep("status", f"--workdir={tmp_path}", "--json")
+  out, err = process.communicate(timeout=60)
+  assert process.returncode == 0, err
+  status = json.loads(out)
+  assert status["searches"][0]["d"] == "2" and status["searches"][0]["done"] == "true"
+  assert status["configurations_finished"] == len((tmp_path / "results.jsonl").read_text().splitlines())
