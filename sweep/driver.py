@@ -139,6 +139,7 @@ class Driver:
     self.train_state: T.TrainState | None = None
     self.slot_started: dict[int, float] = {}
     self._last_checkpoint = time.monotonic()
+    self.slot_steps_computed = self.slot_steps_useful = 0
 
   # -- probes and configurations -----------------------------------------------------------
 
@@ -285,11 +286,13 @@ class Driver:
       if not self.state.queue and not any(self.state.slots):
         break
       self._arrange_bucket()
-      steps_before = np.asarray(self.train_state.step).sum()
+      steps_before = np.asarray(self.train_state.step)
       started = time.perf_counter()
       self.train_state = T.train_chunk(self.settings, self._slots, self.train_state)
-      steps = np.asarray(self.train_state.step).sum() - steps_before
+      advanced = np.asarray(self.train_state.step) - steps_before
       seconds = time.perf_counter() - started
+      self._account(advanced)
+      steps = advanced.sum()
       self.state.chunk += 1
       self._harvest()
       progress(self._progress_line(steps / max(seconds, 1e-9)))
@@ -300,7 +303,19 @@ class Driver:
         self.checkpoint()
     self.store.write_critical_n(self.summary())
     self.checkpoint()
+    progress(f"slot-steps on running configurations: {self.useful_fraction():.0%} of those "
+             f"computed (the rest went to finished, empty or padded-out slots)")
     return True
+
+  def _account(self, advanced: np.ndarray) -> None:
+    """Every slot computes each step of a block, running or not; count how many were useful."""
+    eval_every = self.settings.eval_every
+    blocks = -(-int(advanced.max()) // eval_every)
+    self.slot_steps_computed += blocks * eval_every * len(advanced)
+    self.slot_steps_useful += int(advanced.sum())
+
+  def useful_fraction(self) -> float:
+    return self.slot_steps_useful / max(self.slot_steps_computed, 1)
 
   def _progress_line(self, steps_per_second: float) -> str:
     s = self.state

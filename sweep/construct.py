@@ -1,0 +1,186 @@
+"""Closed-form witnesses that every top-k set of n documents is retrievable in d = 2k dimensions.
+
+The paper's critical n is the largest n its optimiser manages to fit. It is not a limit of
+the geometry: in d >= 2k, n documents at equally spaced angles on the trigonometric moment
+curve form a k-neighbourly polytope, and for every k-subset S there is a query whose exact
+top-k is S, for every n (PROTOCOL.md, "Exact geometry"). The only limit is floating point:
+the retrieval margin shrinks like (2*pi/n)^(2k), so in float32 the witnesses stop verifying at
+a modest n, and in float64 far later. This module builds the witnesses with numpy alone (no
+solver, no training), verifies them in a chosen dtype and measures that floating-point limit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from sweep import problems
+
+N_MAX = 2000  # default cap of largest_verified_n: C(2000, 2) = 2M queries x 2000 documents
+MAX_QUERIES = 4_000_000  # largest query table a full check of largest_verified_n builds
+_BLOCK_SCORES = 1 << 22  # scores per block of verify: bounds its memory to ~32 MB in float64
+
+
+def _check_dimension(d: int, k: int) -> None:
+  if d < 2 * k:
+    raise ValueError(f"d={d} is out of range: need d >= 2k = {2 * k} for the construction")
+
+
+def _angles(n: int) -> np.ndarray:
+  return 2 * np.pi * np.arange(n) / n
+
+
+def documents_on_curve(n: int, k: int, d: int) -> np.ndarray:
+  """[n, d] float64: (cos t, sin t, ..., cos kt, sin kt)/sqrt(k) at t_j = 2 pi j / n, zero-padded.
+
+  Every row has unit norm since cos^2 + sin^2 = 1 in each of the k planes.
+  """
+  _check_dimension(d, k)
+  m_t = np.arange(1, k + 1)[None, :] * _angles(n)[:, None]  # [n, k]
+  documents = np.zeros((n, d))
+  documents[:, 0:2 * k:2] = np.cos(m_t)
+  documents[:, 1:2 * k:2] = np.sin(m_t)
+  return documents / np.sqrt(k)
+
+
+def queries_for_subsets(subsets: np.ndarray, n: int, d: int) -> np.ndarray:
+  """[len(subsets), d] float64 unit queries: one per row of subsets (k document indices).
+
+  The query of S holds the cos/sin coefficients of p_S(t) = -prod_{i in S} (1 - cos(t - t_i)),
+  without its constant term, so its score against the document at angle t is
+  (p_S(t) - constant) / sqrt(k): the same on S, where p_S = 0, and strictly lower elsewhere,
+  where p_S < 0. The coefficients are exact: the product is expanded in the complex
+  exponential basis c_m e^{imt}, m = -k..k, one degree-1 factor at a time, for all rows at once.
+  """
+  subsets = np.asarray(subsets)
+  k = subsets.shape[1]
+  _check_dimension(d, k)
+  # 1 - cos(t - a) = 1 - e^{it} e^{-ia} / 2 - e^{-it} e^{ia} / 2.
+  phase = np.exp(-1j * _angles(n)[subsets])  # e^{-i t_i}, [q, k]
+  coefficients = np.zeros((len(subsets), 2 * k + 1), np.complex128)  # index m + k
+  coefficients[:, k] = 1.0
+  for j in range(k):
+    # The degree stays <= j + 1 <= k, so nothing is shifted off either end.
+    up = np.zeros_like(coefficients)
+    down = np.zeros_like(coefficients)
+    up[:, 1:] = coefficients[:, :-1]  # times e^{it}
+    down[:, :-1] = coefficients[:, 1:]  # times e^{-it}
+    p = phase[:, j:j + 1]
+    coefficients = coefficients - 0.5 * p * up - 0.5 * np.conj(p) * down
+  # A real polynomial: c_{-m} = conj(c_m), so c_m e^{imt} + c.c. = 2 Re c_m cos mt - 2 Im c_m sin mt.
+  positive = coefficients[:, k + 1:]  # m = 1..k
+  queries = np.zeros((len(subsets), d))
+  queries[:, 0:2 * k:2] = -2 * positive.real  # the leading minus of p_S
+  queries[:, 1:2 * k:2] = 2 * positive.imag
+  return queries / np.linalg.norm(queries, axis=1, keepdims=True)
+
+
+def construction(n: int, k: int, d: int | None = None, dtype=np.float64):
+  """(queries [C(n, k), d], documents [n, d]) in dtype; query i serves colex_subsets(n, k)[i].
+
+  Computed in float64 and cast at the end, so a lower precision shows its rounding. d
+  defaults to 2k; larger d pads with zero columns.
+  """
+  d = 2 * k if d is None else d
+  _check_dimension(d, k)
+  subsets = problems.colex_subsets(n, k)
+  queries = queries_for_subsets(subsets, n, d)
+  documents = documents_on_curve(n, k, d)
+  return queries.astype(dtype), documents.astype(dtype)
+
+
+def query_margins(queries, documents, relevance) -> np.ndarray:
+  """[q] margins in the dtype of the inputs: lowest relevant minus highest other score.
+
+  relevance is a table [q, r] of document indices, -1 where unused. +inf for a query whose
+  every document is relevant. Scores are computed in blocks of queries to bound memory.
+  """
+  queries = np.asarray(queries)
+  documents = np.asarray(documents)
+  relevance = np.asarray(relevance)
+  dtype = np.result_type(queries, documents)
+  queries, documents = queries.astype(dtype, copy=False), documents.astype(dtype, copy=False)
+  n = documents.shape[0]
+  valid = relevance != problems.PAD
+  gather = np.where(valid, relevance, n)  # padded entries point at a dummy column of -inf
+  margins = np.empty(len(queries), dtype)
+  block = max(1, _BLOCK_SCORES // max(n, 1))
+  for start in range(0, len(queries), block):
+    stop = min(start + block, len(queries))
+    scores = np.full((stop - start, n + 1), -np.inf, dtype)
+    scores[:, :n] = queries[start:stop] @ documents.T  # in dtype
+    rows = np.arange(stop - start)[:, None]
+    columns = gather[start:stop]
+    lowest = np.where(valid[start:stop], scores[rows, columns], np.inf).min(axis=1)
+    scores[rows, columns] = -np.inf
+    margins[start:stop] = lowest - scores.max(axis=1)
+  return margins
+
+
+def verify(queries, documents, relevance) -> tuple[bool, float]:
+  """(ok, margin): margin = min over queries of lowest relevant minus highest other score.
+
+  Computed in the dtype of the inputs; ok means every query retrieves its set strictly.
+  The margin is +inf where every document is relevant (n == k).
+  """
+  margins = query_margins(queries, documents, relevance)
+  margin = float(margins.min()) if len(margins) else math.inf
+  return margin > 0, margin
+
+
+def _verifies(n: int, k: int, dtype, anchored: bool, max_queries: int) -> bool:
+  if anchored:
+    # Subsets holding document 0: one per orbit of the rotation t -> t + 2 pi / n.
+    rest = problems.colex_subsets(n - 1, k - 1) + 1
+    subsets = np.concatenate([np.zeros((len(rest), 1), np.int32), rest], axis=1)
+  else:
+    count = math.comb(n, k)
+    if count > max_queries:
+      raise ValueError(
+          f"n={n} is out of range for a full check: C(n, k)={count} > max_queries="
+          f"{max_queries}; lower n_max or pass anchored=True")
+    subsets = problems.colex_subsets(n, k)
+  documents = documents_on_curve(n, k, 2 * k).astype(dtype)
+  block = max(1, _BLOCK_SCORES // n)
+  for start in range(0, len(subsets), block):  # queries too are built a block at a time
+    rows = subsets[start:start + block]
+    queries = queries_for_subsets(rows, n, 2 * k).astype(dtype)
+    if not verify(queries, documents, rows)[0]:
+      return False
+  return True
+
+
+def largest_verified_n(k: int, dtype, n_max: int = N_MAX, *, anchored: bool = False,
+                       max_queries: int = MAX_QUERIES) -> int:
+  """The largest n <= n_max at which the d = 2k construction verifies in dtype, for every n'
+  in k+1..n; k if it fails already at n = k + 1; n_max if it never fails (the cap).
+
+  The exact margin decreases with n (like (2 pi / n)^(2k)) while the rounding error does not
+  shrink, so the first failing n is the limit: the scan gallops upward (k+1, k+2, k+4, ...,
+  then n_max) to the first failure and bisects between it and the last success, so its cost
+  is a few checks at about the limit, not one at every n. A full check builds all C(n, k)
+  queries and refuses n with more than max_queries of them. anchored=True checks only the
+  subsets holding document 0, one per rotation orbit, C(n-1, k-1) queries: equivalent in exact
+  arithmetic, slightly optimistic in floating point (fewer rounding draws per orbit).
+  """
+  if k < 1:
+    raise ValueError(f"k={k} is out of range: need k >= 1")
+  if n_max < k + 1:
+    raise ValueError(f"n_max={n_max} is out of range: need n_max >= k + 1 = {k + 1}")
+  passed, step, n = k, 1, k + 1
+  while True:
+    if not _verifies(n, k, dtype, anchored, max_queries):
+      failed = n
+      break
+    passed = n
+    if n == n_max:
+      return n_max
+    n, step = min(n + step, n_max), 2 * step
+  while failed - passed > 1:
+    middle = (passed + failed) // 2
+    if _verifies(middle, k, dtype, anchored, max_queries):
+      passed = middle
+    else:
+      failed = middle
+  return passed

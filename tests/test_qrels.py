@@ -1,0 +1,149 @@
+import json
+
+import numpy as np
+import pytest
+
+from sweep import problems, qrels
+
+# Mixed sizes of relevant sets: 2, 3 and 1 of 5 documents. Read query by query, documents
+# first appear in column order, so qrels files of it number documents as the npz does.
+MATRIX = np.array([[1, 1, 0, 0, 0],
+                   [1, 0, 1, 1, 0],
+                   [0, 0, 0, 0, 1]], dtype=bool)
+
+
+def _qrels_rows(matrix):
+  """Query-major (query, document) pairs of a matrix, ids as the npz form names them."""
+  return [(str(i), str(j)) for i, j in zip(*np.nonzero(matrix))]
+
+
+def write_jsonl(path, rows):
+  path.write_text("".join(json.dumps({"query-id": q, "corpus-id": d, "score": s}) + "\n"
+                          for q, d, s in rows))
+  return path
+
+
+def write_tsv(path, rows):
+  path.write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in rows))
+  return path
+
+
+def test_limit_small_loads():
+  relevance = qrels.load_relevance(qrels.limit_small_path())
+  assert relevance.table.shape == (1000, 2)
+  assert relevance.table.dtype == np.int32
+  assert (relevance.table != problems.PAD).all()
+  assert (relevance.relevant_counts == 2).all()
+  assert (relevance.num_queries, relevance.num_documents) == (1000, 46)
+  assert relevance.query_ids[0] == "query_0"
+  assert (np.diff(relevance.table, axis=1) > 0).all()
+  assert relevance.matrix().sum() == 2000
+
+
+def test_three_forms_agree(tmp_path):
+  rows = [(q, d, 1) for q, d in _qrels_rows(MATRIX)]
+  np.savez(tmp_path / "m.npz", relevance=MATRIX)
+  loaded = [qrels.load_relevance(write_jsonl(tmp_path / "qrels.jsonl", rows)),
+            qrels.load_relevance(write_tsv(tmp_path / "test.tsv", rows)),
+            qrels.load_relevance(tmp_path / "m.npz")]
+  for relevance in loaded[1:]:
+    np.testing.assert_array_equal(relevance.table, loaded[0].table)
+  assert {r.query_ids for r in loaded} == {("0", "1", "2")}
+  assert {r.document_ids for r in loaded} == {("0", "1", "2", "3", "4")}
+  assert loaded[2].source.endswith("m.npz")
+
+
+def test_ids_follow_first_seen_order(tmp_path):
+  rows = [(q, d, 1) for q, d in reversed(_qrels_rows(MATRIX))]
+  relevance = qrels.load_relevance(write_jsonl(tmp_path / "qrels.jsonl", rows))
+  assert relevance.query_ids == ("2", "1", "0")
+  assert relevance.document_ids == ("4", "3", "2", "0", "1")
+  rows_back = [int(q) for q in relevance.query_ids]
+  cols_back = [int(d) for d in relevance.document_ids]
+  np.testing.assert_array_equal(relevance.matrix(), MATRIX[rows_back][:, cols_back])
+  assert (np.diff(relevance.table[1]) > 0).all()
+
+
+def test_npz_single_array_under_any_key(tmp_path):
+  np.savez(tmp_path / "m.npz", qrels=MATRIX.astype(np.int8))
+  np.testing.assert_array_equal(qrels.load_relevance(tmp_path / "m.npz").matrix(), MATRIX)
+
+
+def test_mixed_sizes_pad_and_round_trip():
+  relevance = qrels.relevance_from_matrix(MATRIX)
+  np.testing.assert_array_equal(relevance.table, [[0, 1, -1], [0, 2, 3], [4, -1, -1]])
+  np.testing.assert_array_equal(relevance.relevant_counts, [2, 3, 1])
+  np.testing.assert_array_equal(relevance.matrix(), MATRIX)
+  assert relevance.source == "matrix"
+  with pytest.raises(ValueError):
+    relevance.table[0, 0] = 2
+
+
+def test_nonrelevant_rows_ignored_but_documents_kept(tmp_path):
+  rows = [("a", "x", 1), ("a", "y", 0), ("b", "y", 2), ("c", "z", 0), ("b", "w", -1)]
+  relevance = qrels.load_relevance(write_jsonl(tmp_path / "qrels.jsonl", rows))
+  assert relevance.query_ids == ("a", "b")
+  assert relevance.document_ids == ("x", "y", "z", "w")
+  np.testing.assert_array_equal(relevance.table, [[0], [1]])
+
+
+def test_integer_ids_and_tsv_column_order(tmp_path):
+  path = tmp_path / "test.tsv"
+  path.write_text("score\tcorpus-id\tquery-id\r\n1\t7\t3\r\n1.0\t8\t3\r\n\r\n0\t9\t3\r\n")
+  relevance = qrels.load_relevance(path)
+  assert relevance.query_ids == ("3",) and relevance.document_ids == ("7", "8", "9")
+  np.testing.assert_array_equal(relevance.table, [[0, 1]])
+
+
+def test_duplicates_warn_once_and_drop(tmp_path):
+  rows = [("a", "x", 1), ("a", "x", 1), ("a", "y", 0), ("b", "y", 1), ("b", "y", 1)]
+  with pytest.warns(UserWarning, match="dropped 2 duplicate") as record:
+    relevance = qrels.load_relevance(write_jsonl(tmp_path / "qrels.jsonl", rows))
+  assert len(record) == 1
+  np.testing.assert_array_equal(relevance.table, [[0], [1]])
+
+
+@pytest.mark.parametrize("name, text, match", [
+    ("empty.jsonl", "", "empty"),
+    ("blank.tsv", "\n  \n", "empty"),
+    ("zero.jsonl", '{"query-id": "a", "corpus-id": "x", "score": 0}\n', "no relevant rows"),
+    ("header.tsv", "query-id\tcorpus-id\tscore\n", "no relevant rows"),
+    ("cols.tsv", "qid\tdocid\tscore\nq\td\t1\n",
+     "header.*missing query-id, corpus-id; unknown qid, docid; "
+     "expected query-id, corpus-id, score"),
+    ("cols.jsonl", '{"query-id": "a", "corpus-id": "x", "score": 1}\n'
+     '{"query-id": "a", "doc": "y"}\n',
+     "line 2: columns missing corpus-id, score; unknown doc; expected"),
+    ("bad.jsonl", '{"query-id": "a", "corpus-id": "x", "score": 1}\n{"query-id": "a",\n',
+     "line 2 is malformed"),
+    ("list.jsonl", '[1, 2]\n', "line 1 is malformed: not a JSON object"),
+    ("id.jsonl", '{"query-id": null, "corpus-id": "x", "score": 1}\n', "line 1 is malformed"),
+    ("bad.tsv", "query-id\tcorpus-id\tscore\na\tx\t1\na\ty\n", "line 3 is malformed"),
+    ("score.tsv", "query-id\tcorpus-id\tscore\na\tx\t1\na\ty\thigh\n", "line 3 is malformed"),
+    ("all.tsv", "query-id\tcorpus-id\tscore\na\tx\t1\nb\tx\t1\nb\ty\t1\n",
+     "query 'b' has all 2 documents relevant"),
+])
+def test_file_errors(tmp_path, name, text, match):
+  path = tmp_path / name
+  path.write_text(text)
+  with pytest.raises(ValueError, match=match) as error:
+    qrels.load_relevance(path)
+  message = str(error.value)
+  assert str(path) in message and "\n" not in message
+
+
+def test_npz_errors(tmp_path):
+  np.savez(tmp_path / "none.npz", relevance=np.array([[1, 0, 0], [0, 0, 0]], dtype=bool))
+  with pytest.raises(ValueError, match=r"none\.npz: row 1 has no relevant document"):
+    qrels.load_relevance(tmp_path / "none.npz")
+  np.savez(tmp_path / "all.npz", relevance=np.array([[1, 0], [1, 1]], dtype=bool))
+  with pytest.raises(ValueError, match="query '1' has all 2 documents relevant"):
+    qrels.load_relevance(tmp_path / "all.npz")
+  np.savez(tmp_path / "two.npz", a=MATRIX, b=MATRIX)
+  with pytest.raises(ValueError, match="expected key 'relevance' or a single array"):
+    qrels.load_relevance(tmp_path / "two.npz")
+  np.savez(tmp_path / "float.npz", relevance=MATRIX * 0.5)
+  with pytest.raises(ValueError, match="boolean"):
+    qrels.load_relevance(tmp_path / "float.npz")
+  with pytest.raises(ValueError, match="2-D"):
+    qrels.relevance_from_matrix(np.ones(3, dtype=bool))
