@@ -11,6 +11,7 @@ solver, no training), verifies them in a chosen dtype and measures that floating
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -129,9 +130,26 @@ def verify(queries, documents, relevance) -> tuple[bool, float]:
   return margin > 0, margin
 
 
-def _verifies(n: int, k: int, dtype, anchored: bool, max_queries: int) -> bool:
+def _safe_margin(dtype, k: int) -> float:
+  """A margin that rounding cannot flip: 4x a bound on the error of a computed margin.
+
+  A score of unit vectors in d = 2k dimensions computed in dtype is off by at most about
+  (d + 2) u from the exact one (u = eps / 2: casting each vector, then a d-term dot product),
+  so a margin by at most (d + 2) eps.
+  """
+  return 4 * (2 * k + 2) * float(np.finfo(dtype).eps)
+
+
+def construction_margin(n: int, k: int, dtype, *, anchored: bool = False,
+                        max_queries: int = MAX_QUERIES) -> float:
+  """The margin of verify() for the d = 2k construction of n documents, built block by block.
+
+  anchored=True checks only the subsets holding document 0, one per orbit of the rotation
+  t -> t + 2 pi / n: C(n-1, k-1) queries instead of C(n, k), the same margin in exact
+  arithmetic, and in floating point a slightly optimistic one (fewer rounding draws).
+  A full check refuses n with more than max_queries queries.
+  """
   if anchored:
-    # Subsets holding document 0: one per orbit of the rotation t -> t + 2 pi / n.
     rest = problems.colex_subsets(n - 1, k - 1) + 1
     subsets = np.concatenate([np.zeros((len(rest), 1), np.int32), rest], axis=1)
   else:
@@ -142,45 +160,57 @@ def _verifies(n: int, k: int, dtype, anchored: bool, max_queries: int) -> bool:
           f"{max_queries}; lower n_max or pass anchored=True")
     subsets = problems.colex_subsets(n, k)
   documents = documents_on_curve(n, k, 2 * k).astype(dtype)
+  margin = math.inf
   block = max(1, _BLOCK_SCORES // n)
   for start in range(0, len(subsets), block):  # queries too are built a block at a time
     rows = subsets[start:start + block]
     queries = queries_for_subsets(rows, n, 2 * k).astype(dtype)
-    if not verify(queries, documents, rows)[0]:
-      return False
-  return True
+    margin = min(margin, verify(queries, documents, rows)[1])
+  return margin
 
 
 def largest_verified_n(k: int, dtype, n_max: int = N_MAX, *, anchored: bool = False,
                        max_queries: int = MAX_QUERIES) -> int:
-  """The largest n <= n_max at which the d = 2k construction verifies in dtype, for every n'
-  in k+1..n; k if it fails already at n = k + 1; n_max if it never fails (the cap).
+  """The largest n <= n_max such that the d = 2k construction verifies in dtype at every n'
+  in k+1..n: one less than the first failing n, or n_max (the cap) if none fails.
 
-  The exact margin decreases with n (like (2 pi / n)^(2k)) while the rounding error does not
-  shrink, so the first failing n is the limit: the scan gallops upward (k+1, k+2, k+4, ...,
-  then n_max) to the first failure and bisects between it and the last success, so its cost
-  is a few checks at about the limit, not one at every n. A full check builds all C(n, k)
-  queries and refuses n with more than max_queries of them. anchored=True checks only the
-  subsets holding document 0, one per rotation orbit, C(n-1, k-1) queries: equivalent in exact
-  arithmetic, slightly optimistic in floating point (fewer rounding draws per orbit).
+  Near the limit the outcome flickers (in float32 with k = 2, n = 165 fails, 166..172 pass,
+  173 fails, ...), because the rounding noise is about as large as the margin, so the first
+  failure must be found one n at a time; far below it nothing can fail. The exact margin
+  decreases with n, like (2 pi / n)^(2k), so once a computed margin exceeds _safe_margin
+  (4x the rounding bound), no smaller n can fail. The scan therefore gallops upward
+  (k+1, k+2, k+4, ..., n_max) until a failure or n_max, bisects for the largest n whose
+  margin is still safe, and checks every n above it one at a time up to the first failure.
+  Each check is verify() on all C(n, k) queries (or, anchored=True, one per rotation orbit;
+  see construction_margin), scored in blocks; its cost grows like n^(k+1).
   """
   if k < 1:
     raise ValueError(f"k={k} is out of range: need k >= 1")
   if n_max < k + 1:
     raise ValueError(f"n_max={n_max} is out of range: need n_max >= k + 1 = {k + 1}")
-  passed, step, n = k, 1, k + 1
+  safe = _safe_margin(dtype, k)
+
+  @functools.cache
+  def margin(n):
+    return construction_margin(n, k, dtype, anchored=anchored, max_queries=max_queries)
+
+  safe_n, unsafe_n, n, step = k, None, k + 1, 1
   while True:
-    if not _verifies(n, k, dtype, anchored, max_queries):
-      failed = n
+    m = margin(n)
+    if m <= safe:
+      unsafe_n = n
       break
-    passed = n
+    safe_n = n
     if n == n_max:
       return n_max
     n, step = min(n + step, n_max), 2 * step
-  while failed - passed > 1:
-    middle = (passed + failed) // 2
-    if _verifies(middle, k, dtype, anchored, max_queries):
-      passed = middle
+  while unsafe_n - safe_n > 1:  # the last n with a safe margin
+    middle = (safe_n + unsafe_n) // 2
+    if margin(middle) > safe:
+      safe_n = middle
     else:
-      failed = middle
-  return passed
+      unsafe_n = middle
+  for n in range(safe_n + 1, n_max + 1):
+    if margin(n) <= 0:
+      return n - 1
+  return n_max

@@ -32,7 +32,7 @@ def default_config() -> ConfigDict:
   return ConfigDict(dict(
       dims=(4, 5, 6), k=2, restarts=1, seed=42, learning_rate=0.01, temperature=0.1,
       loss="code", optimizer="adam", max_steps=100_000, patience=1000, min_delta=1e-5,
-      eval_every=50, num_queries=0, start_n=0, local_sweep=4, probes_per_search=2,
+      eval_every=50, num_queries=0, start_n=0, max_n=0, local_sweep=4, probes_per_search=2,
       max_slots=64, chunk_evals=20, memory_budget_mb=2048.0, checkpoint_every_s=60.0,
       label=""))
 
@@ -54,7 +54,7 @@ def validate_config(config: ConfigDict) -> None:
   for field, minimum in (("k", 1), ("restarts", 1), ("max_steps", 1), ("patience", 1),
                          ("eval_every", 1), ("probes_per_search", 1), ("max_slots", 1),
                          ("chunk_evals", 1), ("seed", 0), ("num_queries", 0),
-                         ("start_n", 0), ("local_sweep", 0)):
+                         ("start_n", 0), ("max_n", 0), ("local_sweep", 0)):
     value = config[field]
     _check(isinstance(value, int) and value >= minimum, field, value, f"an integer >= {minimum}")
   for field in ("learning_rate", "temperature", "memory_budget_mb", "checkpoint_every_s"):
@@ -63,6 +63,8 @@ def validate_config(config: ConfigDict) -> None:
   _check(config.loss in objective.LOSS_FORMS, "loss", config.loss, f"one of {objective.LOSS_FORMS}")
   _check(config.start_n == 0 or config.start_n > config.k, "start_n", config.start_n,
          "0 (automatic) or > k")
+  _check(config.max_n == 0 or config.max_n >= max(config.start_n, config.k + 1), "max_n",
+         config.max_n, "0 (automatic) or >= start_n and > k")
   try:
     settings_of(config)
   except ValueError as error:
@@ -82,6 +84,30 @@ def start_n(config: ConfigDict, d: int) -> int:
   if config.k == 2 and d >= 4:
     return max(config.k + 1, round(sum(c * d**i for i, c in enumerate(PAPER_CUBIC))))
   return config.k + 1
+
+
+def max_n(config: ConfigDict, d: int) -> int:
+  """config.max_n, or the largest n whose single slot fits memory_budget_mb.
+
+  The ceiling ends a search that never fails (a sampled problem, a d >= 2k protocol that
+  keeps succeeding) instead of galloping until memory runs out.
+  """
+  if config.max_n:
+    return config.max_n
+  def fits(n):
+    probe = T.Configuration(d=d, n=n, k=config.k, num_queries=(
+        config.num_queries if 0 < config.num_queries < math.comb(n, config.k) else None))
+    return batching.slots_within(batching.shape_class(probe), config.memory_budget_mb) >= 1
+  if not fits(config.k + 1):
+    raise ValueError(f"config.memory_budget_mb={config.memory_budget_mb} is out of range: "
+                     f"too small for one slot at d={d}, n={config.k + 1}")
+  lo, hi = config.k + 1, config.k + 2
+  while fits(hi):
+    lo, hi = hi, 2 * hi
+  while hi - lo > 1:
+    mid = (lo + hi) // 2
+    lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+  return lo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,10 +156,11 @@ class Driver:
     self.config = config
     self.store = store
     self.settings = settings_of(config)
-    self.results = store.load_results()
+    self.results: dict[tuple, dict] = {}
     self.state = DriverState(
         searches={d: search.new_search(search.SearchSpec(
-            start_n=start_n(config, d), floor_n=config.k, local_sweep=config.local_sweep))
+            start_n=min(start_n(config, d), max_n(config, d)), floor_n=config.k,
+            local_sweep=config.local_sweep, ceiling_n=max_n(config, d)))
             for d in config.dims},
         queue=[], slots=[], shape=None, seed_outcomes={})
     self.train_state: T.TrainState | None = None
@@ -145,9 +172,10 @@ class Driver:
 
   def configuration(self, probe: Probe) -> T.Configuration:
     c = self.config
+    sampled = 0 < c.num_queries < math.comb(probe.n, c.k)  # small n keep all their queries
     return T.Configuration(d=probe.d, n=probe.n, k=c.k, seed=probe.seed,
                            learning_rate=c.learning_rate, temperature=c.temperature,
-                           num_queries=c.num_queries or None)
+                           num_queries=c.num_queries if sampled else None)
 
   def _pack(self, assignment) -> T.Slots:
     return T.pack([None if p is None else self.configuration(p) for p in assignment],
@@ -210,7 +238,7 @@ class Driver:
     for i, p in enumerate(s.slots):
       if p is not None and source[i] == -1:
         self.slot_started[i] = time.time()
-    slots = self._pack(s.slots)
+    slots = jax.device_put(self._pack(s.slots))  # sent once, not with every chunk
     if self.train_state is None:
       self.train_state = T.init_state(self.settings, s.shape, slots)
     else:
@@ -269,9 +297,13 @@ class Driver:
     restored = self.store.restore_checkpoint(self._abstract_train_state)
     if restored is None:
       return False
-    _, self.train_state, driver_json = restored
+    _, train_state, driver_json = restored
+    # Through the host, so the arrays are placed like fresh ones and hit the same compiled
+    # programs instead of compiling every bucket shape again.
+    self.train_state = jax.device_get(train_state)
     self.state = DriverState.from_json(driver_json)
-    self._slots = self._pack(self.state.slots)
+    self._slots = jax.device_put(self._pack(self.state.slots))
+    self.slot_started = {i: time.time() for i, p in enumerate(self.state.slots) if p is not None}
     return True
 
   # -- the loop ---------------------------------------------------------------------------
@@ -279,6 +311,7 @@ class Driver:
   def run(self, stop_requested: Callable[[], bool] = lambda: False,
           progress: Callable[[str], None] = logging.info) -> bool:
     """Run until every search is done (True) or a stop was requested (False)."""
+    self.results = self.store.load_results(repair=True)
     if self.restore():
       progress(f"resumed {self.store.workdir} at chunk {self.state.chunk}")
     while True:

@@ -14,7 +14,8 @@ Non-monotone outcomes: a success above hi never moves the bracket (it only raise
 max_success_n). A failure below lo (e.g. found by the local sweep) becomes the new hi, the
 bracket reopens below it, and the search bisects and sweeps there again. Such a move always
 lowers hi, and once a failure exists every proposal lies in (floor_n, hi + local_sweep], so
-the search terminates unless no failure is ever recorded.
+the search terminates unless no failure is ever recorded; a ceiling_n bounds that case
+(done with lo = ceiling_n, hi = None and no critical_n).
 
 Phases, all derived from the bracket:
   * gallop up   (no failure yet): start, start+1, start+2, start+4, ...
@@ -47,11 +48,14 @@ class SearchSpec:
   start_n: int
   floor_n: int
   local_sweep: int
+  ceiling_n: int | None = None  # no probe above it; reaching it without a failure ends the search
 
   def __post_init__(self) -> None:
     _check_int("floor_n", self.floor_n, 1, ">= 1")
     _check_int("start_n", self.start_n, self.floor_n + 1, f"> floor_n (= {self.floor_n})")
     _check_int("local_sweep", self.local_sweep, 0, ">= 0")
+    if self.ceiling_n is not None:
+      _check_int("ceiling_n", self.ceiling_n, self.start_n, f">= start_n (= {self.start_n})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +115,13 @@ def _gallop_steps() -> Iterator[int]:
 
 
 def _gallop_up(spec: SearchSpec) -> Iterator[int]:
-  return (spec.start_n + step for step in _gallop_steps())
+  """start, start+1, start+2, start+4, ..., ending at ceiling_n (the clamp) if there is one."""
+  for step in _gallop_steps():
+    n = spec.start_n + step
+    if spec.ceiling_n is not None and n >= spec.ceiling_n:
+      yield spec.ceiling_n
+      return
+    yield n
 
 
 def _gallop_down(spec: SearchSpec) -> Iterator[int]:
@@ -178,11 +188,14 @@ def summary(state: SearchState) -> dict:
   lo, hi = _bracket(state)
   closed = hi == lo + 1
   recorded = {n for n, _ in state.outcomes}
+  # Every n up to the ceiling succeeded: the boundary lies beyond what may be probed.
+  beyond_ceiling = hi is None and lo == state.spec.ceiling_n
   return {
     "critical_n": lo if closed else None,
     "max_success_n": max((n for n, ok in state.outcomes if ok), default=None),
     "lo": lo,
     "hi": hi,
-    "done": closed and all(n in recorded for n in _sweep_window(state.spec, lo)),
+    "done": beyond_ceiling or (
+        closed and all(n in recorded for n in _sweep_window(state.spec, lo))),
     "probes": len(state.outcomes),
   }

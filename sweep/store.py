@@ -80,14 +80,18 @@ class Store:
 
   # -- results ----------------------------------------------------------------------------
 
-  def load_results(self) -> dict[tuple, dict]:
-    """Finished configurations by (d, n, k, seed); a torn last line (a kill mid-write) is cut."""
+  def load_results(self, repair: bool = False) -> dict[tuple, dict]:
+    """Finished configurations by (d, n, k, seed).
+
+    A torn last line (a kill mid-write) is skipped; the run that resumes (repair=True) also
+    cuts it from the file. Readers such as `sweep status` never write.
+    """
     if not self.results_path.exists():
       return {}
     text = self.results_path.read_text()
     lines = text.split("\n")
     complete, torn = lines[:-1], lines[-1]
-    if torn:
+    if torn and repair:
       logging.warning("dropping a partial last line of %s", self.results_path)
       self.results_path.write_text("".join(line + "\n" for line in complete))
     return {result_key(r): r for r in map(json.loads, filter(None, complete))}
@@ -148,8 +152,10 @@ class Store:
             train=ocp.args.StandardRestore(abstract_train_state(driver))))["train"]
         return step, train, driver
       except Exception as error:  # any unreadable checkpoint: fall back to the previous one
-        logging.warning("checkpoint %d in %s is unreadable (%s: %s); trying the previous one",
-                        step, self.workdir, type(error).__name__, str(error).split("\n")[0])
+        logging.warning("checkpoint %d in %s is unreadable (%s: %s); deleting it and trying "
+                        "the previous one", step, self.workdir, type(error).__name__,
+                        str(error).split("\n")[0])
+        self.checkpoints.delete(step)
     return None
 
   def close(self) -> None:

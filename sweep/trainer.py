@@ -252,11 +252,13 @@ def _slot_step(settings: TrainSettings, slot: Slots, state: TrainState) -> Train
   optimizer = settings.optimizer_for(slot.learning_rate)
   updates, opt_state = optimizer.update(grads, state.opt_state, params)
   dim_mask = jnp.arange(state.queries.shape[-1]) < slot.dims
+  updated = optax.apply_updates(params, updates)
   # The mask keeps padded dimensions exactly zero whatever the optimizer does.
-  queries, documents = (_normalise_rows(x * dim_mask) for x in optax.apply_updates(params, updates))
+  queries, documents = (_normalise_rows(x * dim_mask) for x in updated)
 
   running = state.stop_reason == StopReason.RUNNING
-  finite = jnp.isfinite(loss)
+  # A NaN update would be zeroed by the re-normalisation and end as a quiet plateau.
+  finite = jnp.isfinite(loss) & jnp.isfinite(updated[0]).all() & jnp.isfinite(updated[1]).all()
   take = running & finite
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(take, a, b), new, old)
   step = state.step + take
@@ -352,7 +354,7 @@ def embeddings(state: TrainState, slot: int, config: Configuration):
 def train(configs, settings: TrainSettings = TrainSettings(), return_embeddings: bool = False):
   """Train configurations together in one padded bucket until every one has stopped."""
   shape = BucketShape.fitting(configs)
-  slots = pack(configs, shape)
+  slots = jax.device_put(pack(configs, shape))
   state = init_state(settings, shape, slots)
   while running(state).any():
     state = train_chunk(settings, slots, state)

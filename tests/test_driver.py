@@ -69,39 +69,36 @@ def wait_for(predicate, process, timeout=120):
     time.sleep(0.05)
 
 
-def test_sigkill_at_any_moment_then_resume_equals_uninterrupted(tmp_path):
+def interrupt_and_resume(tmp_path, signum, finished_lines):
+  """Run the tiny sweep in a subprocess, send `signum` once results.jsonl has enough lines,
+  resume it, and check the outcome equals an uninterrupted run's. Returns both runs' stdout."""
   expected = uninterrupted(tmp_path / "reference")
-  config_file = write_config_file(tmp_path / "tiny.py")
-  workdir = tmp_path / "killed"
-  args = ["run", f"--config={config_file}", f"--workdir={workdir}"]
-  process = sweep(*args)
+  workdir = tmp_path / "interrupted"
+  args = ["run", f"--config={write_config_file(tmp_path / 'tiny.py')}", f"--workdir={workdir}"]
   results = workdir / "results.jsonl"
-  wait_for(lambda: results.exists() and len(results.read_text().splitlines()) >= 3, process)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
+  process = sweep(*args)
+  wait_for(lambda: results.exists() and len(results.read_text().splitlines()) >= finished_lines,
+           process)
+  process.send_signal(signum)
+  interrupted_out, err = process.communicate(timeout=120)
+  unfinished = "false" in (workdir / "critical_n.csv").read_text()
   resumed = sweep(*args)
-  out, err = resumed.communicate(timeout=300)
+  resumed_out, err = resumed.communicate(timeout=300)
   assert resumed.returncode == 0, err
-  assert "resumed" in out
   assert (results_without_timing(workdir), (workdir / "critical_n.csv").read_text()) == expected
+  return process.returncode, interrupted_out, resumed_out, unfinished
+
+
+def test_sigkill_at_any_moment_then_resume_equals_uninterrupted(tmp_path):
+  _, _, resumed_out, _ = interrupt_and_resume(tmp_path, signal.SIGKILL, finished_lines=3)
+  assert "resumed" in resumed_out
 
 
 def test_sigterm_checkpoints_exits_cleanly_and_resumes(tmp_path):
-  expected = uninterrupted(tmp_path / "reference")
-  config_file = write_config_file(tmp_path / "tiny.py")
-  workdir = tmp_path / "preempted"
-  args = ["run", f"--config={config_file}", f"--workdir={workdir}"]
-  process = sweep(*args)
-  wait_for(lambda: (workdir / "results.jsonl").exists(), process)
-  process.send_signal(signal.SIGTERM)
-  out, err = process.communicate(timeout=120)
-  assert process.returncode == 0, err
+  returncode, out, _, unfinished = interrupt_and_resume(tmp_path, signal.SIGTERM, finished_lines=1)
+  assert returncode == 0
   assert "resume with the same command" in out
-  assert "false" in (workdir / "critical_n.csv").read_text()  # stopped before the end
-  resumed = sweep(*args)
-  resumed.communicate(timeout=300)
-  assert resumed.returncode == 0
-  assert (results_without_timing(workdir), (workdir / "critical_n.csv").read_text()) == expected
+  assert unfinished
 
 
 def test_workdir_of_another_config_is_refused_naming_the_fields(tmp_path):
@@ -167,3 +164,21 @@ def test_status_prints_brackets(tmp_path):
   status = json.loads(out)
   assert status["searches"][0]["d"] == "2" and status["searches"][0]["done"] == "true"
   assert status["configurations_finished"] == len((tmp_path / "results.jsonl").read_text().splitlines())
+
+
+def test_sampled_queries_cap_at_the_full_problem(tmp_path):
+  store = Store(str(tmp_path))
+  config = tiny_config(dims=(4,), restarts=1, num_queries=12, start_n=5, max_n=24, max_steps=300)
+  assert driver_lib.Driver(config, store).run(progress=lambda _: None)
+  store.close()
+  records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+  for record in records:
+    assert record["num_queries"] == min(12, record["n"] * (record["n"] - 1) // 2)
+  assert max(r["n"] for r in records) <= 24
+
+
+def test_automatic_ceiling_follows_the_memory_budget():
+  small, large = (driver_lib.max_n(tiny_config(memory_budget_mb=mb), 4) for mb in (1.0, 64.0))
+  assert 3 <= small < large
+  with pytest.raises(ValueError, match="memory_budget_mb"):
+    driver_lib.max_n(tiny_config(memory_budget_mb=1e-4), 4)

@@ -117,3 +117,22 @@ def test_json_round_trip_keeps_state_and_proposals() -> None:
   back = SearchState.from_json(json.loads(json.dumps(s.to_json())))
   assert back == s
   assert propose(back, [22], 3) == propose(s, [22], 3)
+
+
+@pytest.mark.parametrize("m", [1, 3])
+def test_ceiling_ends_a_search_that_never_fails(m):
+  s, _ = drive(SearchSpec(start_n=5, floor_n=FLOOR, local_sweep=2, ceiling_n=40), lambda n: True, m)
+  out = summary(s)
+  assert out["done"] and out["critical_n"] is None and out["hi"] is None
+  assert out["lo"] == out["max_success_n"] == 40
+  assert max(n for n, _ in s.outcomes) == 40
+
+
+def test_ceiling_does_not_change_a_boundary_below_it():
+  s, _ = drive(SearchSpec(start_n=5, floor_n=FLOOR, local_sweep=0, ceiling_n=40), lambda n: n <= 17, 1)
+  assert summary(s)["critical_n"] == 17
+
+
+def test_ceiling_below_start_is_rejected():
+  with pytest.raises(ValueError, match="ceiling_n"):
+    SearchSpec(start_n=10, floor_n=FLOOR, local_sweep=0, ceiling_n=9)
