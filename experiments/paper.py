@@ -6,7 +6,7 @@ At d = 45 the critical n is about 626, so one configuration holds about 195k que
 195k x 626 logit matrix: give it a GPU or TPU and a memory budget that fits the device.
 """
 
-from sweep.driver import default_config
+from sweep.config import default_config
 
 
 def get_config():

@@ -6,7 +6,7 @@ Finishes in a few minutes on a laptop CPU and ends with critical_n.csv and the f
 d = 2 and 3 are exact geometry (critical n 3 and 4); d >= 4 is the paper's curve.
 """
 
-from sweep.driver import default_config
+from sweep.config import default_config
 
 
 def get_config():

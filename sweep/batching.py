@@ -26,9 +26,12 @@ def padded(size: int) -> int:
 def shape_class(config: Configuration) -> BucketShape:
   """The single-slot padded shape a configuration trains in."""
   documents = padded(config.n)
-  queries = math.comb(documents, config.k)
-  if config.num_queries is not None:  # a sample: its own count, not the padded problem's
-    queries = min(queries, padded(config.num_queries))
+  if config.table is not None:  # a dataset's relevance: its own queries
+    queries = padded(config.query_count)
+  else:
+    queries = math.comb(documents, config.k)
+    if config.num_queries is not None:  # a sample: its own count, not the padded problem's
+      queries = min(queries, padded(config.num_queries))
   return BucketShape(slots=1, queries=queries, documents=documents, dims=padded(config.d),
                      width=config.k)
 

@@ -1,19 +1,22 @@
-"""`sweep run | status | plot`: parses flags and wires the modules together, nothing more."""
+"""`sweep run | fit-qrels | status | plot`: parses flags and wires the modules, nothing more."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from sweep import config as config_lib
 from sweep import driver as driver_lib
 from sweep.store import Store
 
 USAGE = """usage: sweep COMMAND [flags]
   sweep run --config=experiments/quick.py --workdir=DIR [--config.FIELD=VALUE ...]
+  sweep fit-qrels --qrels=PATH --workdir=DIR [--config=FILE] [--config.FIELD=VALUE ...]
   sweep status --workdir=DIR [--json]
   sweep plot --workdir=DIR [--workdir=DIR2 ...] [--degree=3] [--d_min=4] [--out=PATH] [--log]"""
 
@@ -29,13 +32,12 @@ def _draw_figure(workdir: str) -> None:
   try:
     critical_n.report([workdir])
   except ValueError as error:
-    logging.info("no figure yet: %s", error)
+    print(f"no figure yet: {error}")
 
 
-def run(argv) -> None:
-  del argv
+def _sweep(config) -> Store | None:
+  """Run (or resume) the sweep of `config` in --workdir; None if a signal stopped it."""
   logging.set_verbosity(logging.WARNING)  # progress lines are printed; library chatter is not
-  config = FLAGS.config
   stop = []
   for signum in (signal.SIGTERM, signal.SIGINT):
     signal.signal(signum, lambda signum, frame: stop.append(signum))
@@ -51,19 +53,44 @@ def run(argv) -> None:
   if not finished:
     print(f"stopped by signal {stop[0]} after a checkpoint; resume with the same command: "
           f"{' '.join(sys.argv)}")
+    return None
+  return store
+
+
+def run(argv) -> None:
+  del argv
+  store = _sweep(FLAGS.config)
+  if store is None:
     return
-  rows = store.read_critical_n()
-  print("\n".join(f"d={r['d']}: critical n = {r['critical_n']} (largest success "
-                  f"{r['max_success_n']}, probes {r['probes']})" for r in rows))
+  for r in store.read_critical_n():
+    print(f"d={r['d']}: critical n = {r['critical_n'] or '-'} (largest success "
+          f"{r['max_success_n'] or '-'}, probes {r['probes']})")
   _draw_figure(FLAGS.workdir)
+
+
+def fit_qrels(argv) -> None:
+  del argv
+  config = FLAGS.config
+  config.qrels = os.path.abspath(FLAGS.qrels)
+  store = _sweep(config)
+  if store is None:
+    return
+  report = store.read_critical_d()
+  print(f"{report['source']}: {report['queries']} queries x {report['documents']} documents, "
+        f"critical d = {report['critical_d']} (d = {report['critical_d']} trains every "
+        f"relevant set, d = {report['critical_d'] - 1} does not)")
 
 
 def status(argv) -> None:
   del argv
   store = Store(FLAGS.workdir)
   try:
-    rows = store.read_critical_n()
     finished = len(store.load_results())
+    if (store.workdir / "critical_d.json").exists():
+      report = store.read_critical_d()
+      print(json.dumps({"configurations_finished": finished, **report}, indent=2))
+      return
+    rows = store.read_critical_n()
   except (ValueError, FileNotFoundError) as error:
     _fail(error)
   if FLAGS.json:
@@ -79,7 +106,7 @@ def status(argv) -> None:
           f"{'done' if r['done'] == 'true' else 'open'}")
 
 
-COMMANDS = {"run": run, "status": status}
+COMMANDS = {"run": run, "fit-qrels": fit_qrels, "status": status}
 
 
 def run_main() -> None:
@@ -93,12 +120,18 @@ def run_main() -> None:
     return
   flags.DEFINE_string("workdir", None, "The sweep's directory (results, checkpoints, figure).",
                       required=True)
-  if command == "run":
-    config_flags.DEFINE_config_file("config", None, "A config file, e.g. experiments/quick.py.",
-                                    lock_config=True)
-    flags.mark_flag_as_required("config")
-  else:
+  if command == "status":
     flags.DEFINE_bool("json", False, "Print the status as JSON.")
+  else:
+    # fit-qrels defaults to the reference protocol's config (sweep/config.py).
+    default = config_lib.__file__ if command == "fit-qrels" else None
+    config_flags.DEFINE_config_file("config", default, "A config file, e.g. experiments/quick.py.",
+                                    lock_config=True)
+    if command == "run":
+      flags.mark_flag_as_required("config")
+    else:
+      flags.DEFINE_string("qrels", None, "Relevance: qrels.jsonl, a BEIR .tsv, or an .npz "
+                          "boolean matrix.", required=True)
   app.run(COMMANDS[command])
 
 

@@ -32,6 +32,18 @@ def validate_problem(d: int, n: int, k: int, num_queries: int | None = None) -> 
         f"q={num_queries} is out of range: need 1 <= q <= C(n, k) = {math.comb(n, k)}")
 
 
+def validate_table(table: np.ndarray, d: int, n: int, k: int) -> None:
+  """A relevance table over n documents of width k: one-line errors like validate_problem."""
+  if d < 1:
+    raise ValueError(f"d={d} is out of range: need d >= 1")
+  if table.ndim != 2 or table.shape[1] != k or len(table) == 0:
+    raise ValueError(f"relevance table of shape {table.shape} is out of range: need "
+                     f"[queries >= 1, k = {k}]")
+  if table.max() >= n or table.min() < PAD or (table[:, 0] == PAD).any():
+    raise ValueError(f"relevance table entries are out of range: need 0 <= index < n = {n} "
+                     f"(or {PAD} as padding) and a relevant document in every row")
+
+
 @functools.lru_cache(maxsize=16)
 def _colex_table(n: int, k: int) -> np.ndarray:
   combos = np.array(list(itertools.combinations(range(n), k)), dtype=np.int32).reshape(-1, k)

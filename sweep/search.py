@@ -51,7 +51,7 @@ class SearchSpec:
   ceiling_n: int | None = None  # no probe above it; reaching it without a failure ends the search
 
   def __post_init__(self) -> None:
-    _check_int("floor_n", self.floor_n, 1, ">= 1")
+    _check_int("floor_n", self.floor_n, 0, ">= 0")
     _check_int("start_n", self.start_n, self.floor_n + 1, f"> floor_n (= {self.floor_n})")
     _check_int("local_sweep", self.local_sweep, 0, ">= 0")
     if self.ceiling_n is not None:

@@ -112,6 +112,15 @@ class Store:
                        for key in CRITICAL_N_COLUMNS})
     _atomic_write_text(self.critical_n_path, buffer.getvalue())
 
+  def write_critical_d(self, report: dict) -> None:
+    _atomic_write_text(self.workdir / "critical_d.json", json.dumps(report, indent=2) + "\n")
+
+  def read_critical_d(self) -> dict:
+    path = self.workdir / "critical_d.json"
+    if not path.exists():
+      raise FileNotFoundError(f"{path} does not exist: no qrels fit has run there")
+    return json.loads(path.read_text())
+
   def read_critical_n(self) -> list[dict]:
     if not self.critical_n_path.exists():
       raise FileNotFoundError(f"{self.critical_n_path} does not exist: no sweep has run there")

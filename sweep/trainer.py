@@ -75,7 +75,9 @@ class TrainSettings:
 class Configuration:
   """One training job: the top-k problem over n documents in d dimensions.
 
-  `num_queries` subsamples the C(n, k) queries (seeded); None takes them all.
+  `num_queries` subsamples the C(n, k) queries (seeded); None takes them all. `table`, a
+  relevance table over the n documents (a dataset's qrels), replaces the top-k problem;
+  k is then its width, the largest number of relevant documents of a query.
   """
   d: int
   n: int
@@ -84,9 +86,13 @@ class Configuration:
   learning_rate: float = 0.01
   temperature: float = 0.1
   num_queries: int | None = None
+  table: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
 
   def __post_init__(self):
-    problems.validate_problem(self.d, self.n, self.k, self.num_queries)
+    if self.table is None:
+      problems.validate_problem(self.d, self.n, self.k, self.num_queries)
+    else:
+      problems.validate_table(self.table, self.d, self.n, self.k)
     if not self.learning_rate > 0:
       raise ValueError(f"learning_rate={self.learning_rate} is out of range: need > 0")
     if not self.temperature > 0:
@@ -94,9 +100,13 @@ class Configuration:
 
   @property
   def query_count(self) -> int:
+    if self.table is not None:
+      return len(self.table)
     return self.num_queries or math.comb(self.n, self.k)
 
   def relevance(self) -> np.ndarray:
+    if self.table is not None:
+      return self.table
     return problems.topk_relevance(self.n, self.k, self.num_queries, self.seed)
 
 

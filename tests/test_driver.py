@@ -8,9 +8,13 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 
+from sweep import config as config_lib
+from sweep import problems
 from sweep import driver as driver_lib
+from sweep import sweeps
 from sweep.store import Store
 
 TINY = dict(dims=(2, 3), restarts=2, max_steps=3000, patience=300, eval_every=25,
@@ -18,7 +22,7 @@ TINY = dict(dims=(2, 3), restarts=2, max_steps=3000, patience=300, eval_every=25
 
 
 def tiny_config(**overrides):
-  config = driver_lib.default_config()
+  config = config_lib.default_config()
   config.update({**TINY, **overrides})
   return config
 
@@ -26,7 +30,7 @@ def tiny_config(**overrides):
 def write_config_file(path, **overrides):
   fields = {**TINY, **overrides}
   body = "".join(f"  c.{k} = {v!r}\n" for k, v in fields.items())
-  path.write_text("from sweep.driver import default_config\n\ndef get_config():\n"
+  path.write_text("from sweep.config import default_config\n\ndef get_config():\n"
                   f"  c = default_config()\n{body}  return c\n")
   return path
 
@@ -122,7 +126,7 @@ def test_workdir_of_another_config_is_refused_naming_the_fields(tmp_path):
 def test_bad_config_values_fail_in_one_line_before_work(field, value):
   config = tiny_config(**{field: value})
   with pytest.raises(ValueError, match=field) as error:
-    driver_lib.validate_config(config)
+    config_lib.validate_config(config)
   assert "\n" not in str(error.value)
 
 
@@ -178,7 +182,67 @@ def test_sampled_queries_cap_at_the_full_problem(tmp_path):
 
 
 def test_automatic_ceiling_follows_the_memory_budget():
-  small, large = (driver_lib.max_n(tiny_config(memory_budget_mb=mb), 4) for mb in (1.0, 64.0))
+  small, large = (sweeps.CriticalN(tiny_config(memory_budget_mb=mb)).max_n(4) for mb in (1.0, 64.0))
   assert 3 <= small < large
   with pytest.raises(ValueError, match="memory_budget_mb"):
-    driver_lib.max_n(tiny_config(memory_budget_mb=1e-4), 4)
+    sweeps.CriticalN(tiny_config(memory_budget_mb=1e-4)).max_n(4)
+
+
+def fit_matrix(tmp_path, matrix, **overrides):
+  """Critical d of a boolean relevance matrix, through the real driver."""
+  path = tmp_path / "relevance.npz"
+  np.savez(path, relevance=np.asarray(matrix, bool))
+  store = Store(str(tmp_path / "w"))
+  config = tiny_config(qrels=str(path), restarts=3, max_steps=20_000, patience=1000,
+                       eval_every=50, chunk_evals=20, local_sweep=0, probes_per_search=3,
+                       **overrides)
+  assert driver_lib.Driver(config, store).run(progress=lambda _: None)
+  store.close()
+  return store.read_critical_d()
+
+
+def all_pairs(n):
+  matrix = np.zeros((n * (n - 1) // 2, n), bool)
+  for row, pair in enumerate(problems.colex_subsets(n, 2)):
+    matrix[row, pair] = True
+  return matrix
+
+
+@pytest.mark.parametrize("n, critical_d", [(4, 3), (5, 4)])
+def test_critical_d_of_all_pairs_is_exact_geometry(tmp_path, n, critical_d):
+  report = fit_matrix(tmp_path, all_pairs(n))
+  assert report["done"] and report["critical_d"] == critical_d
+  assert {p["d"]: p["success"] for p in report["probes"]}[critical_d - 1] is False
+  assert (report["queries"], report["documents"], report["max_relevant"]) == (len(all_pairs(n)), n, 2)
+
+
+def test_relevant_sets_of_mixed_sizes_train(tmp_path):
+  matrix = np.zeros((4, 6), bool)
+  for row, docs in enumerate([[0], [1, 2], [3, 4, 5], [0, 5]]):
+    matrix[row, docs] = True
+  report = fit_matrix(tmp_path, matrix, start_d=4)
+  assert report["done"] and 1 <= report["critical_d"] <= 4
+  records = [json.loads(line) for line in (tmp_path / "w" / "results.jsonl").read_text().splitlines()]
+  assert {r["k"] for r in records} == {3} and all(r["num_queries"] == 4 for r in records)
+  assert any(r["success"] for r in records if r["d"] == report["critical_d"])
+
+
+def test_fit_qrels_command_prints_critical_d(tmp_path):
+  path = tmp_path / "pairs.npz"
+  np.savez(path, relevance=all_pairs(4))
+  process = sweep("fit-qrels", f"--qrels={path}", f"--workdir={tmp_path / 'w'}",
+                  "--config.restarts=3", "--config.local_sweep=0")
+  out, err = process.communicate(timeout=300)
+  assert process.returncode == 0, err
+  assert "6 queries x 4 documents, critical d = 3" in out
+  status = sweep("status", f"--workdir={tmp_path / 'w'}")
+  assert json.loads(status.communicate(timeout=60)[0])["critical_d"] == 3
+
+
+def test_fit_qrels_rejects_a_bad_file_in_one_line(tmp_path):
+  path = tmp_path / "empty.jsonl"
+  path.write_text("")
+  process = sweep("fit-qrels", f"--qrels={path}", f"--workdir={tmp_path / 'w'}")
+  _, err = process.communicate(timeout=60)
+  assert process.returncode != 0
+  assert len(err.strip().splitlines()) == 1 and "empty.jsonl" in err

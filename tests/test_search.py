@@ -101,7 +101,7 @@ def test_recording_twice() -> None:
   ("kwargs", "field"),
   [
     ({"start_n": FLOOR, "floor_n": FLOOR, "local_sweep": 0}, "start_n"),
-    ({"start_n": 10, "floor_n": 0, "local_sweep": 0}, "floor_n"),
+    ({"start_n": 10, "floor_n": -1, "local_sweep": 0}, "floor_n"),
     ({"start_n": 10, "floor_n": FLOOR, "local_sweep": -1}, "local_sweep"),
   ],
 )

@@ -180,3 +180,11 @@ def test_rebuild_moves_running_slots_into_a_larger_bucket_unchanged():
   reference = T.train_chunk(settings, T.pack(configs, small), state)
   np.testing.assert_allclose(continued.loss[2], reference.loss[0], atol=1e-5)
   np.testing.assert_allclose(continued.loss[1], reference.loss[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("table, field", [
+    (np.array([[0, 5]]), "entries"), (np.array([[-1, 0]]), "entries"),
+    (np.zeros((0, 2), np.int32), "shape")])
+def test_explicit_relevance_tables_are_validated(table, field):
+  with pytest.raises(ValueError, match=field):
+    T.Configuration(d=2, n=4, k=2, table=table)

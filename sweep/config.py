@@ -1,0 +1,65 @@
+"""The sweep config: every field, its reference default, and one-line validation.
+
+This file is also the default `--config` of the CLI: `get_config()` returns the defaults.
+"""
+
+from __future__ import annotations
+
+from ml_collections import ConfigDict
+
+from sweep import objective
+from sweep import trainer as T
+
+
+def default_config() -> ConfigDict:
+  """Every config field with the reference protocol's values (PROTOCOL.md)."""
+  return ConfigDict(dict(
+      dims=(4, 5, 6), k=2, restarts=1, seed=42, learning_rate=0.01, temperature=0.1,
+      loss="code", optimizer="adam", max_steps=100_000, patience=1000, min_delta=1e-5,
+      eval_every=50, num_queries=0, start_n=0, max_n=0, local_sweep=4, probes_per_search=2,
+      max_slots=64, chunk_evals=20, memory_budget_mb=2048.0, checkpoint_every_s=60.0,
+      qrels="", start_d=0, label=""))
+
+
+def get_config() -> ConfigDict:
+  return default_config()
+
+
+def _check(ok: bool, field: str, value, allowed: str) -> None:
+  if not ok:
+    raise ValueError(f"config.{field}={value!r} is out of range: need {allowed}")
+
+
+def validate_config(config: ConfigDict) -> None:
+  """One-line errors for bad values, before any work starts."""
+  unknown = sorted(set(config) - set(default_config()))
+  if unknown:
+    raise ValueError(f"config has unknown fields {unknown}: allowed are {sorted(default_config())}")
+  dims = tuple(config.dims)
+  _check(len(dims) > 0, "dims", dims, "a non-empty tuple of dimensions")
+  _check(all(isinstance(d, int) and d >= 1 for d in dims), "dims", dims, "every d >= 1")
+  _check(len(set(dims)) == len(dims), "dims", dims, "distinct dimensions")
+  for field, minimum in (("k", 1), ("restarts", 1), ("max_steps", 1), ("patience", 1),
+                         ("eval_every", 1), ("probes_per_search", 1), ("max_slots", 1),
+                         ("chunk_evals", 1), ("seed", 0), ("num_queries", 0),
+                         ("start_n", 0), ("max_n", 0), ("local_sweep", 0), ("start_d", 0)):
+    value = config[field]
+    _check(isinstance(value, int) and value >= minimum, field, value, f"an integer >= {minimum}")
+  for field in ("learning_rate", "temperature", "memory_budget_mb", "checkpoint_every_s"):
+    _check(config[field] > 0, field, config[field], "> 0")
+  _check(config.min_delta >= 0, "min_delta", config.min_delta, ">= 0")
+  _check(config.loss in objective.LOSS_FORMS, "loss", config.loss, f"one of {objective.LOSS_FORMS}")
+  _check(config.start_n == 0 or config.start_n > config.k, "start_n", config.start_n,
+         "0 (automatic) or > k")
+  _check(config.max_n == 0 or config.max_n >= max(config.start_n, config.k + 1), "max_n",
+         config.max_n, "0 (automatic) or >= start_n and > k")
+  try:
+    settings_of(config)
+  except ValueError as error:
+    raise ValueError(f"config.{error}") from None
+
+
+def settings_of(config: ConfigDict) -> T.TrainSettings:
+  return T.TrainSettings(loss=config.loss, optimizer=config.optimizer, max_steps=config.max_steps,
+                         patience=config.patience, min_delta=config.min_delta,
+                         eval_every=config.eval_every, chunk_evals=config.chunk_evals)

@@ -1,0 +1,162 @@
+"""What a sweep searches: how search coordinates become probes, configurations and reports.
+
+The search module always sees a coordinate in which success lies below failure, starting
+from a known success (its floor). For the paper's experiment the coordinate is n, one search
+per d (`CriticalN`). For a fixed relevance matrix it is the dimension read backwards,
+num_documents − d, because success lies at large d; d = num_documents always succeeds
+(orthonormal documents, each query the sum of its relevant ones), so the floor is 0
+(`CriticalD`). One search module serves both; the direction lives in this mapping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from ml_collections import ConfigDict
+
+from sweep import batching, qrels, search
+from sweep import trainer as T
+
+# The paper's fit of its Table 6 (k = 2), used to start each search near its boundary.
+PAPER_CUBIC = (-10.5322, 4.0309, 0.0520, 0.0037)
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+  """One configuration to train: a restart of a search's probe point."""
+  d: int
+  n: int
+  seed: int
+
+
+def _training(config: ConfigDict) -> dict:
+  return dict(learning_rate=config.learning_rate, temperature=config.temperature)
+
+
+class CriticalN:
+  """The paper's experiment: for each d, the largest n whose every top-k set trains."""
+
+  def __init__(self, config: ConfigDict):
+    self.config = config
+
+  def start_n(self, d: int) -> int:
+    """config.start_n, or the paper's cubic at d (k = 2, d >= 4), else just above k."""
+    if self.config.start_n:
+      return self.config.start_n
+    if self.config.k == 2 and d >= 4:
+      return max(self.config.k + 1, round(sum(c * d**i for i, c in enumerate(PAPER_CUBIC))))
+    return self.config.k + 1
+
+  def max_n(self, d: int) -> int:
+    """config.max_n, or the largest n whose single slot fits memory_budget_mb.
+
+    The ceiling ends a search that never fails (a sampled problem, a d >= 2k protocol that
+    keeps succeeding) instead of galloping until memory runs out.
+    """
+    if self.config.max_n:
+      return self.config.max_n
+    k = self.config.k
+    fits = lambda n: batching.slots_within(
+        batching.shape_class(self.configuration(Probe(d, n, 0))), self.config.memory_budget_mb) >= 1
+    if not fits(k + 1):
+      raise ValueError(f"config.memory_budget_mb={self.config.memory_budget_mb} is out of "
+                       f"range: too small for one slot at d={d}, n={k + 1}")
+    lo, hi = k + 1, k + 2
+    while fits(hi):
+      lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+      mid = (lo + hi) // 2
+      lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+  def specs(self) -> dict[str, search.SearchSpec]:
+    return {f"d={d}": search.SearchSpec(
+        start_n=min(self.start_n(d), self.max_n(d)), floor_n=self.config.k,
+        local_sweep=self.config.local_sweep, ceiling_n=self.max_n(d)) for d in self.config.dims}
+
+  def probe(self, key: str, coordinate: int, seed: int) -> Probe:
+    return Probe(d=int(key.removeprefix("d=")), n=coordinate, seed=seed)
+
+  def locate(self, probe: Probe) -> tuple[str, int]:
+    return f"d={probe.d}", probe.n
+
+  def configuration(self, probe: Probe) -> T.Configuration:
+    c = self.config
+    sampled = 0 < c.num_queries < math.comb(probe.n, c.k)  # small n keep all their queries
+    return T.Configuration(d=probe.d, n=probe.n, k=c.k, seed=probe.seed,
+                           num_queries=c.num_queries if sampled else None, **_training(c))
+
+  def rows(self, searches: dict[str, search.SearchState]) -> list[dict]:
+    """critical_n.csv: one row per d."""
+    return [dict(d=int(key.removeprefix("d=")), k=self.config.k, **search.summary(state))
+            for key, state in searches.items()]
+
+  def brackets(self, searches) -> str:
+    return " ".join(
+        f"d={r['d']}:{r['critical_n']}" if r["done"] else
+        f"d={r['d']}:[{r['lo']},{r['hi'] if r['hi'] is not None else '?'}]"
+        for r in self.rows(searches))
+
+  def write(self, store, searches) -> None:
+    store.write_critical_n(self.rows(searches))
+
+
+class CriticalD:
+  """A fixed relevance matrix (a dataset's qrels): the smallest d at which it trains."""
+
+  KEY = "qrels"
+
+  def __init__(self, config: ConfigDict):
+    self.config = config
+    self.relevance = qrels.load_relevance(config.qrels)
+    self.num_documents = self.relevance.num_documents
+    if self.num_documents < 2:
+      raise ValueError(f"{config.qrels}: needs at least 2 documents to search a dimension")
+
+  def _d(self, coordinate: int) -> int:
+    return self.num_documents - coordinate
+
+  def specs(self) -> dict[str, search.SearchSpec]:
+    width = self.relevance.table.shape[1]
+    start_d = self.config.start_d or 2 * width  # 2k dimensions suffice for top-k sets
+    start_d = min(max(start_d, 1), self.num_documents - 1)
+    return {self.KEY: search.SearchSpec(
+        start_n=self.num_documents - start_d, floor_n=0, local_sweep=self.config.local_sweep,
+        ceiling_n=self.num_documents - 1)}
+
+  def probe(self, key: str, coordinate: int, seed: int) -> Probe:
+    return Probe(d=self._d(coordinate), n=self.num_documents, seed=seed)
+
+  def locate(self, probe: Probe) -> tuple[str, int]:
+    return self.KEY, self.num_documents - probe.d
+
+  def configuration(self, probe: Probe) -> T.Configuration:
+    return T.Configuration(d=probe.d, n=probe.n, k=self.relevance.table.shape[1],
+                           seed=probe.seed, table=self.relevance.table, **_training(self.config))
+
+  def report(self, searches) -> dict:
+    """critical_d.json: the relevance source and shape, critical d, and every probe."""
+    state = searches[self.KEY]
+    summary = search.summary(state)
+    to_d = lambda c: None if c is None else self._d(c)
+    return dict(
+        source=self.config.qrels, queries=self.relevance.num_queries,
+        documents=self.num_documents, max_relevant=int(self.relevance.relevant_counts.max()),
+        critical_d=to_d(summary["critical_n"]), smallest_success_d=to_d(summary["max_success_n"]),
+        bracket=[to_d(summary["hi"]), to_d(summary["lo"])], done=summary["done"],
+        probes=[dict(d=self._d(c), success=ok) for c, ok in sorted(state.outcomes, reverse=True)],
+        certificate=None)
+
+  def brackets(self, searches) -> str:
+    r = self.report(searches)
+    return (f"critical d = {r['critical_d']}" if r["done"] else
+            f"d in [{r['bracket'][0] or '?'}, {r['bracket'][1]}]")
+
+  def write(self, store, searches) -> None:
+    store.write_critical_d(self.report(searches))
+
+
+def for_config(config: ConfigDict):
+  """The sweep a config asks for: a qrels file's critical d, else critical n per d."""
+  return CriticalD(config) if config.qrels else CriticalN(config)
