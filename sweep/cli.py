@@ -7,10 +7,12 @@ import os
 import signal
 import sys
 
+import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from sweep import config as config_lib
+from sweep import construct
 from sweep import driver as driver_lib
 from sweep.store import Store
 
@@ -18,6 +20,7 @@ USAGE = """usage: sweep COMMAND [flags]
   sweep run --config=experiments/quick.py --workdir=DIR [--config.FIELD=VALUE ...]
   sweep fit-qrels --qrels=PATH --workdir=DIR [--config=FILE] [--config.FIELD=VALUE ...]
   sweep status --workdir=DIR [--json]
+  sweep verify WITNESS.npz
   sweep plot --workdir=DIR [--workdir=DIR2 ...] [--degree=3] [--d_min=4] [--out=PATH] [--log]"""
 
 FLAGS = flags.FLAGS
@@ -106,7 +109,25 @@ def status(argv) -> None:
           f"{'done' if r['done'] == 'true' else 'open'}")
 
 
-COMMANDS = {"run": run, "fit-qrels": fit_qrels, "status": status}
+def verify(argv) -> None:
+  """Re-check a witness in float64: every query's relevant documents strictly on top."""
+  if len(argv) != 2:
+    sys.exit("usage: sweep verify WITNESS.npz")
+  try:
+    with np.load(argv[1]) as witness:
+      queries, documents, relevance = (witness[name].astype(np.float64) if name != "relevance"
+                                       else witness[name]
+                                       for name in ("queries", "documents", "relevance"))
+      d, n = int(witness["d"]), int(witness["n"])
+  except (OSError, KeyError, ValueError) as error:
+    _fail(ValueError(f"{argv[1]} is not a witness file: {error}"))
+  ok, margin = construct.verify(queries, documents, relevance)
+  print(f"{argv[1]}: d={d}, n={n}, {len(queries)} queries: "
+        f"{'verified' if ok else 'NOT verified'} in float64, margin {margin:.3e}")
+  sys.exit(0 if ok else 1)
+
+
+COMMANDS = {"run": run, "fit-qrels": fit_qrels, "status": status, "verify": verify}
 
 
 def run_main() -> None:
@@ -117,6 +138,9 @@ def run_main() -> None:
   if command == "plot":
     from plots import critical_n
     critical_n.main([f"{sys.argv[0]} plot", *sys.argv[1:]])
+    return
+  if command == "verify":
+    app.run(verify)
     return
   flags.DEFINE_string("workdir", None, "The sweep's directory (results, checkpoints, figure).",
                       required=True)

@@ -18,7 +18,13 @@ def default_config() -> ConfigDict:
       loss="code", optimizer="adam", max_steps=100_000, patience=1000, min_delta=1e-5,
       eval_every=50, num_queries=0, start_n=0, max_n=0, local_sweep=4, probes_per_search=2,
       max_slots=64, chunk_evals=20, memory_budget_mb=2048.0, checkpoint_every_s=60.0,
-      qrels="", start_d=0, label=""))
+      protocol="free", warm_noise=0.0, qrels="", start_d=0, label=""))
+
+
+# free: learn queries and documents (the paper). centroid: learn documents only, each query
+# the normalised centroid of its documents. warm: free, started from the closed-form
+# construction plus warm_noise. construction: no training, the construction itself (float32).
+PROTOCOLS = ("free", "centroid", "warm", "construction")
 
 
 def get_config() -> ConfigDict:
@@ -48,6 +54,13 @@ def validate_config(config: ConfigDict) -> None:
   for field in ("learning_rate", "temperature", "memory_budget_mb", "checkpoint_every_s"):
     _check(config[field] > 0, field, config[field], "> 0")
   _check(config.min_delta >= 0, "min_delta", config.min_delta, ">= 0")
+  _check(config.warm_noise >= 0, "warm_noise", config.warm_noise, ">= 0")
+  _check(config.protocol in PROTOCOLS, "protocol", config.protocol, f"one of {PROTOCOLS}")
+  if config.protocol in ("warm", "construction"):
+    _check(not config.qrels, "protocol", config.protocol,
+           "free or centroid for a qrels fit (the construction is for top-k sets)")
+    _check(min(dims) >= 2 * config.k, "dims", dims,
+           f"every d >= 2k = {2 * config.k} for protocol {config.protocol!r}")
   _check(config.loss in objective.LOSS_FORMS, "loss", config.loss, f"one of {objective.LOSS_FORMS}")
   _check(config.start_n == 0 or config.start_n > config.k, "start_n", config.start_n,
          "0 (automatic) or > k")
@@ -62,4 +75,5 @@ def validate_config(config: ConfigDict) -> None:
 def settings_of(config: ConfigDict) -> T.TrainSettings:
   return T.TrainSettings(loss=config.loss, optimizer=config.optimizer, max_steps=config.max_steps,
                          patience=config.patience, min_delta=config.min_delta,
-                         eval_every=config.eval_every, chunk_evals=config.chunk_evals)
+                         eval_every=config.eval_every, chunk_evals=config.chunk_evals,
+                         centroid_queries=config.protocol == "centroid")

@@ -130,6 +130,18 @@ def verify(queries, documents, relevance) -> tuple[bool, float]:
   return margin > 0, margin
 
 
+def certify(success: bool, queries, documents, relevance) -> tuple[bool, float]:
+  """(certified, margin64): a success re-checked in float64 from its final embeddings.
+
+  A float32 run can "succeed" on ties or rounding (top-k breaks ties by index); the
+  certificate asks that every relevant document strictly outranks every other one, in
+  float64 arithmetic on the same (float32) embeddings.
+  """
+  ok, margin64 = verify(np.asarray(queries, np.float64), np.asarray(documents, np.float64),
+                        relevance)
+  return bool(success and ok), margin64
+
+
 def _safe_margin(dtype, k: int) -> float:
   """A margin that rounding cannot flip: 4x a bound on the error of a computed margin.
 

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from sweep import batching, search, sweeps
+from sweep import batching, construct, objective, search, sweeps
 from sweep import trainer as T
 from sweep.config import settings_of, validate_config
 from sweep import store as store_lib
@@ -35,6 +35,8 @@ class DriverState:
   shape: T.BucketShape | None
   seed_outcomes: dict[tuple[int, int], list[bool]]  # (d, n) -> successes of finished restarts
   chunk: int = 0
+  certified: dict[str, list] = dataclasses.field(default_factory=dict)  # key -> [[coord, margin64]]
+  witnesses: dict[str, int] = dataclasses.field(default_factory=dict)  # key -> coordinate kept
 
   def to_json(self) -> dict:
     return dict(
@@ -43,7 +45,7 @@ class DriverState:
         slots=[None if p is None else dataclasses.astuple(p) for p in self.slots],
         shape=None if self.shape is None else dataclasses.asdict(self.shape),
         seed_outcomes=[[d, n, s] for (d, n), s in self.seed_outcomes.items()],
-        chunk=self.chunk)
+        chunk=self.chunk, certified=self.certified, witnesses=self.witnesses)
 
   @classmethod
   def from_json(cls, data: dict) -> "DriverState":
@@ -53,7 +55,8 @@ class DriverState:
         slots=[None if p is None else Probe(*p) for p in data["slots"]],
         shape=None if data["shape"] is None else T.BucketShape(**data["shape"]),
         seed_outcomes={(d, n): list(s) for d, n, s in data["seed_outcomes"]},
-        chunk=data["chunk"])
+        chunk=data["chunk"], certified={k: [list(p) for p in v] for k, v in data["certified"].items()},
+        witnesses=data["witnesses"])
 
 
 class Driver:
@@ -152,34 +155,81 @@ class Driver:
 
   # -- outcomes ---------------------------------------------------------------------------
 
-  def _harvest(self) -> int:
-    """Record every slot that stopped; returns how many did."""
+  def _harvest(self) -> None:
+    """Record every slot that stopped, with its final embeddings for the certificate."""
     s = self.state
     stopped = ~T.running(self.train_state)
     finished = [i for i, p in enumerate(s.slots) if p is not None and stopped[i]]
     if not finished:
-      return 0
+      return
     outcomes = T.outcomes(self.train_state)
-    records = []
+    done = []
     for i in finished:
-      probe, outcome = s.slots[i], outcomes[i]
+      probe = s.slots[i]
+      embeddings = T.embeddings(self.train_state, i, self.configuration(probe))
+      done.append((probe, outcomes[i], embeddings, time.time() - self.slot_started.get(i, time.time())))
+      s.slots[i] = None
+    self._record(done)
+
+  def _evaluate_constructions(self) -> None:
+    """The `construction` protocol: each queued probe's closed-form embeddings, no training."""
+    done = []
+    for probe in self.state.queue:
+      started = time.time()
       config = self.configuration(probe)
-      record = dict(d=probe.d, n=probe.n, k=config.k, seed=probe.seed, loss=self.config.loss,
-                    optimizer=self.config.optimizer, learning_rate=config.learning_rate,
-                    temperature=config.temperature, num_queries=config.query_count, **outcome,
-                    wall_seconds=round(time.time() - self.slot_started.get(i, time.time()), 3))
+      table = config.relevance()
+      queries = construct.queries_for_subsets(table, config.n, config.d).astype(np.float32)
+      documents = construct.documents_on_curve(config.n, config.k, config.d).astype(np.float32)
+      accuracy, margin = (float(x) for x in objective.retrieval_metrics(
+          queries, documents, table, len(table), config.n))
+      outcome = dict(success=accuracy >= 1.0, max_accuracy=accuracy, final_accuracy=accuracy,
+                     final_loss=None, best_loss=None, stop_step=0, stop_reason="construction",
+                     margin=margin)
+      done.append((probe, outcome, (queries, documents), time.time() - started))
+    self.state.queue = []
+    self._record(done)
+
+  def _record(self, done) -> None:
+    """Results, certificates, witnesses and search outcomes of finished configurations.
+
+    Every success is re-checked in float64 from its final embeddings: certified when all
+    relevant documents of every query strictly outrank all others.
+    """
+    s = self.state
+    records = []
+    for probe, outcome, (queries, documents), seconds in done:
+      config = self.configuration(probe)
+      table = config.relevance()
+      certified, margin64 = construct.certify(outcome["success"], queries, documents, table)
+      record = dict(d=probe.d, n=probe.n, k=config.k, seed=probe.seed, protocol=self.config.protocol,
+                    loss=self.config.loss, optimizer=self.config.optimizer,
+                    learning_rate=config.learning_rate, temperature=config.temperature,
+                    num_queries=config.query_count, **outcome, certified=certified,
+                    margin64=margin64, wall_seconds=round(seconds, 3))
       if store_lib.result_key(record) not in self.results:  # a replay after resume
         self.results[store_lib.result_key(record)] = record
         records.append(record)
-      s.slots[i] = None
+      key, coordinate = self.sweep.locate(probe)
+      if certified:
+        self._certify(key, coordinate, margin64, probe, queries, documents, table)
       successes = s.seed_outcomes.setdefault((probe.d, probe.n), [])
       successes.append(outcome["success"])
       if len(successes) == self.config.restarts:
-        key, coordinate = self.sweep.locate(probe)
         s.searches[key] = search.record(s.searches[key], coordinate, any(successes))
     self.store.append_results(records)
-    self.sweep.write(self.store, self.state.searches)
-    return len(finished)
+    self.sweep.write(self.store, s.searches, s.certified)
+
+  def _certify(self, key, coordinate, margin64, probe, queries, documents, table) -> None:
+    """Note a certified success; the search's most demanding one is kept as its witness."""
+    s = self.state
+    proven = dict(s.certified.get(key, []))
+    proven[coordinate] = max(margin64, proven.get(coordinate, -np.inf))
+    s.certified[key] = sorted(proven.items())
+    if coordinate > s.witnesses.get(key, -1):
+      s.witnesses[key] = coordinate
+      self.store.write_witness(key, dict(
+          queries=queries, documents=documents, relevance=table, d=probe.d, n=probe.n,
+          seed=probe.seed, margin64=margin64))
 
   # -- checkpoints ------------------------------------------------------------------------
 
@@ -219,6 +269,10 @@ class Driver:
       self._fill_queue()
       if not self.state.queue and not any(self.state.slots):
         break
+      if self.config.protocol == "construction":
+        self._evaluate_constructions()
+        progress(self._progress_line(0.0))
+        continue
       self._arrange_bucket()
       steps_before = np.asarray(self.train_state.step)
       started = time.perf_counter()
@@ -235,10 +289,11 @@ class Driver:
         return False
       if time.monotonic() - self._last_checkpoint >= self.config.checkpoint_every_s:
         self.checkpoint()
-    self.sweep.write(self.store, self.state.searches)
+    self.sweep.write(self.store, self.state.searches, self.state.certified)
     self.checkpoint()
-    progress(f"slot-steps on running configurations: {self.useful_fraction():.0%} of those "
-             f"computed (the rest went to finished, empty or padded-out slots)")
+    if self.slot_steps_computed:
+      progress(f"slot-steps on running configurations: {self.useful_fraction():.0%} of those "
+               f"computed (the rest went to finished, empty or padded-out slots)")
     return True
 
   def _account(self, advanced: np.ndarray) -> None:

@@ -17,10 +17,12 @@ import platform
 import sys
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-CRITICAL_N_COLUMNS = ("d", "k", "critical_n", "max_success_n", "lo", "hi", "done", "probes")
+CRITICAL_N_COLUMNS = ("d", "k", "critical_n", "max_success_n", "lo", "hi", "done", "probes",
+                      "critical_n_certified")
 RESULT_KEY = ("d", "n", "k", "seed")
 # Fields that change how a sweep runs but not what it finds; a resumed run may change them.
 RUN_ONLY_FIELDS = ("checkpoint_every_s", "label")
@@ -120,6 +122,15 @@ class Store:
     if not path.exists():
       raise FileNotFoundError(f"{path} does not exist: no qrels fit has run there")
     return json.loads(path.read_text())
+
+  def write_witness(self, name: str, arrays: dict) -> None:
+    """witnesses/NAME.npz: embeddings that retrieve every relevant set, for `sweep verify`."""
+    folder = self.workdir / "witnesses"
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = folder / f".{name}.tmp.npz"
+    with temporary.open("wb") as f:
+      np.savez(f, **arrays)
+    temporary.replace(folder / f"{name}.npz")
 
   def read_critical_n(self) -> list[dict]:
     if not self.critical_n_path.exists():

@@ -85,21 +85,32 @@ class CriticalN:
     c = self.config
     sampled = 0 < c.num_queries < math.comb(probe.n, c.k)  # small n keep all their queries
     return T.Configuration(d=probe.d, n=probe.n, k=c.k, seed=probe.seed,
-                           num_queries=c.num_queries if sampled else None, **_training(c))
+                           num_queries=c.num_queries if sampled else None,
+                           warm_noise=c.warm_noise if c.protocol == "warm" else None,
+                           **_training(c))
 
-  def rows(self, searches: dict[str, search.SearchState]) -> list[dict]:
-    """critical_n.csv: one row per d."""
-    return [dict(d=int(key.removeprefix("d=")), k=self.config.k, **search.summary(state))
-            for key, state in searches.items()]
+  def rows(self, searches: dict[str, search.SearchState], certified: dict) -> list[dict]:
+    """critical_n.csv: one row per d.
+
+    critical_n_certified is the largest n whose success a float64 re-check certified and
+    whose n + 1 failed.
+    """
+    rows = []
+    for key, state in searches.items():
+      failed = {n for n, ok in state.outcomes if not ok}
+      proven = [n for n, _ in certified.get(key, []) if n + 1 in failed]
+      rows.append(dict(d=int(key.removeprefix("d=")), k=self.config.k, **search.summary(state),
+                       critical_n_certified=max(proven, default=None)))
+    return rows
 
   def brackets(self, searches) -> str:
     return " ".join(
         f"d={r['d']}:{r['critical_n']}" if r["done"] else
         f"d={r['d']}:[{r['lo']},{r['hi'] if r['hi'] is not None else '?'}]"
-        for r in self.rows(searches))
+        for r in self.rows(searches, {}))
 
-  def write(self, store, searches) -> None:
-    store.write_critical_n(self.rows(searches))
+  def write(self, store, searches, certified) -> None:
+    store.write_critical_n(self.rows(searches, certified))
 
 
 class CriticalD:
@@ -135,26 +146,30 @@ class CriticalD:
     return T.Configuration(d=probe.d, n=probe.n, k=self.relevance.table.shape[1],
                            seed=probe.seed, table=self.relevance.table, **_training(self.config))
 
-  def report(self, searches) -> dict:
-    """critical_d.json: the relevance source and shape, critical d, and every probe."""
+  def report(self, searches, certified) -> dict:
+    """critical_d.json: the relevance source and shape, critical d, every probe, and the
+    float64 certificate of the success at critical d (its witness file and margin)."""
     state = searches[self.KEY]
     summary = search.summary(state)
     to_d = lambda c: None if c is None else self._d(c)
+    margins = dict(certified.get(self.KEY, []))
+    critical = summary["critical_n"]
     return dict(
         source=self.config.qrels, queries=self.relevance.num_queries,
         documents=self.num_documents, max_relevant=int(self.relevance.relevant_counts.max()),
         critical_d=to_d(summary["critical_n"]), smallest_success_d=to_d(summary["max_success_n"]),
         bracket=[to_d(summary["hi"]), to_d(summary["lo"])], done=summary["done"],
         probes=[dict(d=self._d(c), success=ok) for c, ok in sorted(state.outcomes, reverse=True)],
-        certificate=None)
+        certificate=None if critical not in margins else dict(
+            witness=f"witnesses/{self.KEY}.npz", margin64=margins[critical]))
 
   def brackets(self, searches) -> str:
-    r = self.report(searches)
+    r = self.report(searches, {})
     return (f"critical d = {r['critical_d']}" if r["done"] else
             f"d in [{r['bracket'][0] or '?'}, {r['bracket'][1]}]")
 
-  def write(self, store, searches) -> None:
-    store.write_critical_d(self.report(searches))
+  def write(self, store, searches, certified) -> None:
+    store.write_critical_d(self.report(searches, certified))
 
 
 def for_config(config: ConfigDict):

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from sweep import objective, problems
+from sweep import construct, objective, problems
 
 
 class StopReason(enum.IntEnum):
@@ -54,6 +54,9 @@ class TrainSettings:
   min_delta: float = 1e-5
   eval_every: int = 50
   chunk_evals: int = 20  # evaluation blocks per device call
+  # Learn documents only; each query is the normalised centroid of its relevant documents
+  # (the protocol of arXiv 2601.20844), instead of a free vector.
+  centroid_queries: bool = False
 
   def __post_init__(self):
     if self.loss not in objective.LOSS_FORMS:
@@ -87,6 +90,9 @@ class Configuration:
   temperature: float = 0.1
   num_queries: int | None = None
   table: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+  # Start from the closed-form construction (sweep/construct.py) plus this much Gaussian
+  # noise, instead of from noise alone: does the optimiser keep a solution it is handed?
+  warm_noise: float | None = None
 
   def __post_init__(self):
     if self.table is None:
@@ -97,6 +103,9 @@ class Configuration:
       raise ValueError(f"learning_rate={self.learning_rate} is out of range: need > 0")
     if not self.temperature > 0:
       raise ValueError(f"temperature={self.temperature} is out of range: need > 0")
+    if self.warm_noise is not None and (self.warm_noise < 0 or self.d < 2 * self.k):
+      raise ValueError(f"warm_noise={self.warm_noise} at d={self.d} is out of range: need "
+                       f"warm_noise >= 0 and d >= 2k = {2 * self.k} (the construction's dimension)")
 
   @property
   def query_count(self) -> int:
@@ -143,6 +152,10 @@ class Slots:
   learning_rate: jax.Array  # float32 [B]
   temperature: jax.Array    # float32 [B]
   key: jax.Array            # uint32 [B, 2], from (seed, d, n, k) alone
+  init_scale: jax.Array     # float32 [B]: the initial noise's scale (1 from scratch)
+  # The embeddings a warm start begins from (zero padded), or None when no slot has one.
+  init_queries: jax.Array | None = None
+  init_documents: jax.Array | None = None
 
 
 @struct.dataclass
@@ -172,6 +185,11 @@ def pack(configs, shape: BucketShape) -> Slots:
   num_queries, num_documents, dims = (np.zeros(shape.slots, np.int32) for _ in range(3))
   learning_rate, temperature = np.ones(shape.slots, np.float32), np.ones(shape.slots, np.float32)
   key = np.zeros((shape.slots, 2), np.uint32)
+  init_scale = np.ones(shape.slots, np.float32)
+  warm = any(c is not None and c.warm_noise is not None for c in configs)
+  init_queries, init_documents = (
+      (np.zeros((shape.slots, rows, shape.dims), np.float32) for rows in (shape.queries, shape.documents))
+      if warm else (None, None))
   for i, c in enumerate(configs):
     if c is None:
       continue
@@ -180,7 +198,12 @@ def pack(configs, shape: BucketShape) -> Slots:
     num_queries[i], num_documents[i], dims[i] = len(table), c.n, c.d
     learning_rate[i], temperature[i] = c.learning_rate, c.temperature
     key[i] = problems.config_key(c.seed, c.d, c.n, c.k)
-  return Slots(relevance, num_queries, num_documents, dims, learning_rate, temperature, key)
+    if c.warm_noise is not None:
+      init_scale[i] = c.warm_noise
+      init_queries[i, :len(table), :c.d] = construct.queries_for_subsets(table, c.n, c.d)
+      init_documents[i, :c.n, :c.d] = construct.documents_on_curve(c.n, c.k, c.d)
+  return Slots(relevance, num_queries, num_documents, dims, learning_rate, temperature, key,
+               init_scale, init_queries, init_documents)
 
 
 # ---------------------------------------------------------------------------------------
@@ -199,16 +222,27 @@ def _padding_free_normal(key, rows: int, cols: int):
   return jax.vmap(lambda i: jax.vmap(lambda j: entry(i, j))(jnp.arange(cols)))(jnp.arange(rows))
 
 
+def _centroids(relevance, documents):
+  """Each query as the normalised mean of its relevant documents (zero for padded queries)."""
+  relevant = jnp.where((relevance >= 0)[..., None], documents[jnp.maximum(relevance, 0)], 0.0)
+  return _normalise_rows(relevant.sum(axis=1))
+
+
 def _init_slot(settings: TrainSettings, shape: BucketShape, slot: Slots) -> TrainState:
   key_queries, key_documents = jax.random.split(slot.key)
   dim_mask = jnp.arange(shape.dims) < slot.dims
 
-  def embed(key, rows, count):
-    x = _padding_free_normal(key, rows, shape.dims)
+  def embed(key, start, rows, count):
+    x = start + slot.init_scale * _padding_free_normal(key, rows, shape.dims)
     return _normalise_rows(jnp.where((jnp.arange(rows) < count)[:, None] & dim_mask, x, 0.0))
 
-  params = (embed(key_queries, shape.queries, slot.num_queries),
-            embed(key_documents, shape.documents, slot.num_documents))
+  warm = slot.init_queries is not None
+  documents = embed(key_documents, slot.init_documents if warm else 0.0, shape.documents,
+                    slot.num_documents)
+  queries = (_centroids(slot.relevance, documents) if settings.centroid_queries else
+             embed(key_queries, slot.init_queries if warm else 0.0, shape.queries,
+                   slot.num_queries))
+  params = (queries, documents)
   opt_state = settings.optimizer_for(slot.learning_rate).init(params)
   stop_reason = jnp.where(slot.num_queries > 0, StopReason.RUNNING, StopReason.EMPTY)
   zero, inf = jnp.zeros((), jnp.float32), jnp.asarray(jnp.inf, jnp.float32)
@@ -252,6 +286,8 @@ def rebuild(settings: TrainSettings, shape: BucketShape, slots: Slots, state: Tr
 
 def slot_loss(settings: TrainSettings, slot: Slots, params):
   queries, documents = params
+  if settings.centroid_queries:
+    queries = _centroids(slot.relevance, documents)
   return objective.infonce_loss(queries, documents, slot.relevance, slot.num_queries,
                                 slot.num_documents, slot.temperature, settings.loss)
 
@@ -265,6 +301,8 @@ def _slot_step(settings: TrainSettings, slot: Slots, state: TrainState) -> Train
   updated = optax.apply_updates(params, updates)
   # The mask keeps padded dimensions exactly zero whatever the optimizer does.
   queries, documents = (_normalise_rows(x * dim_mask) for x in updated)
+  if settings.centroid_queries:
+    queries = _centroids(slot.relevance, documents)
 
   running = state.stop_reason == StopReason.RUNNING
   # A NaN update would be zeroed by the re-normalisation and end as a quiet plateau.
