@@ -340,6 +340,12 @@ def _draw_workdir(ax, workdir: Path, rows: list[dict], color, degree: int, d_min
                                alpha=0.7, capsize=2, elinewidth=1,
                                label=f"{label}: min–max over restarts"))
 
+  bounds = sorted((r["d"], r["lo"]) for r in rows
+                  if r["done"] and r["critical_n"] is None and r["lo"] is not None)
+  if bounds:
+    handles += ax.plot(*zip(*bounds), "^", color=color, mfc="white", markersize=6, zorder=3,
+                       label=f"{label}: no failure up to max_n (a lower bound)")
+
   brackets = _open_brackets(rows)
   if brackets:
     bd, blo, bhi = (np.array(v, dtype=float) for v in zip(*brackets))
@@ -428,9 +434,19 @@ def report(
     d_min: int = 4,
     log: bool = False,
 ) -> list[Path]:
-  """Fit each workdir, print its table, write its fit.json, then draw them all together."""
+  """Fit each workdir, print its table, write its fit.json, then draw them all together.
+
+  A single sweep must have enough finished dimensions for its fit; in an overlay, a sweep
+  without them (one whose searches hit max_n, say) is drawn without a fit.
+  """
   for workdir in workdirs:
-    fit = fit_workdir(workdir, degree=degree, d_min=d_min)
+    try:
+      fit = fit_workdir(workdir, degree=degree, d_min=d_min)
+    except ValueError as error:
+      if len(workdirs) == 1:
+        raise
+      print(f"{read_label(workdir)} ({workdir}): drawn without a fit: {error}")
+      continue
     print(f"{read_label(workdir)} ({workdir})")
     print(format_fit_table(fit))
     print(f"  wrote {write_fit_json(workdir, fit)}")

@@ -56,6 +56,8 @@ def slots_within(shape: BucketShape, memory_budget_mb: float) -> int:
   return int(memory_budget_mb * 2**20 // slot_bytes(shape))
 
 
-def power_of_two_at_least(count: int) -> int:
-  """Slot counts are powers of two, so resizing a bucket reuses few compiled shapes."""
-  return 1 << max(0, count - 1).bit_length()
+def slot_count(count: int, devices: int) -> int:
+  """Slots for `count` probes: a power of two, so resizing a bucket reuses few compiled
+  shapes, and a multiple of the device count, so the slot axis splits evenly."""
+  power = 1 << max(0, count - 1).bit_length()
+  return -(-power // devices) * devices

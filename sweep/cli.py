@@ -38,26 +38,40 @@ def _draw_figure(workdir: str) -> None:
     print(f"no figure yet: {error}")
 
 
+def _start_processes() -> bool:
+  """Join JAX's distributed runtime when asked (--multihost or SWEEP_MULTIHOST=1); True on
+  the process that writes files and prints (process 0)."""
+  if FLAGS.multihost or os.environ.get("SWEEP_MULTIHOST") == "1":
+    import jax
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+    return jax.process_index() == 0
+  return True
+
+
 def _sweep(config) -> Store | None:
   """Run (or resume) the sweep of `config` in --workdir; None if a signal stopped it."""
   logging.set_verbosity(logging.WARNING)  # progress lines are printed; library chatter is not
+  writer = _start_processes()
   stop = []
   for signum in (signal.SIGTERM, signal.SIGINT):
     signal.signal(signum, lambda signum, frame: stop.append(signum))
-  store = Store(FLAGS.workdir)
+  store = Store(FLAGS.workdir, writer=writer)
   try:
     driver = driver_lib.Driver(config, store)
     store.claim(config.to_dict())
-    finished = driver.run(stop_requested=lambda: bool(stop), progress=print)
+    finished = driver.run(stop_requested=lambda: bool(stop),
+                          progress=print if writer else lambda _: None)
   except (ValueError, FileNotFoundError) as error:
     _fail(error)
   finally:
     store.close()
   if not finished:
-    print(f"stopped by signal {stop[0]} after a checkpoint; resume with the same command: "
-          f"{' '.join(sys.argv)}")
+    if writer:
+      print(f"stopped by signal {stop[0]} after a checkpoint; resume with the same command: "
+            f"{' '.join(sys.argv)}")
     return None
-  return store
+  return store if writer else None
 
 
 def run(argv) -> None:
@@ -66,8 +80,10 @@ def run(argv) -> None:
   if store is None:
     return
   for r in store.read_critical_n():
-    print(f"d={r['d']}: critical n = {r['critical_n'] or '-'} (largest success "
-          f"{r['max_success_n'] or '-'}, probes {r['probes']})")
+    critical = r["critical_n"] or (f"at least {r['lo']} (no failure up to max_n)"
+                                   if r["done"] == "true" else "-")
+    print(f"d={r['d']}: critical n = {critical} (largest success {r['max_success_n'] or '-'}, "
+          f"certified {r['critical_n_certified'] or '-'}, probes {r['probes']})")
   _draw_figure(FLAGS.workdir)
 
 
@@ -151,6 +167,12 @@ def run_main() -> None:
     default = config_lib.__file__ if command == "fit-qrels" else None
     config_flags.DEFINE_config_file("config", default, "A config file, e.g. experiments/quick.py.",
                                     lock_config=True)
+    flags.DEFINE_bool("multihost", False, "Join JAX's distributed runtime first (every "
+                      "worker of a multi-host TPU VM runs the same command).")
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multihost; "
+                        "detected on TPU VMs).")
+    flags.DEFINE_integer("num_processes", None, "Processes in all (multihost; detected on TPU VMs).")
+    flags.DEFINE_integer("process_id", None, "This process's index (multihost; detected on TPU VMs).")
     if command == "run":
       flags.mark_flag_as_required("config")
     else:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
 from sweep import batching, construct, objective, search, sweeps
@@ -57,6 +58,15 @@ class DriverState:
         seed_outcomes={(d, n): list(s) for d, n, s in data["seed_outcomes"]},
         chunk=data["chunk"], certified={k: [list(p) for p in v] for k, v in data["certified"].items()},
         witnesses=data["witnesses"])
+
+
+def _agreed(*decisions: bool) -> tuple[bool, ...]:
+  """Each decision taken if any process takes it: every process must checkpoint and stop
+  at the same chunk, or the others would wait for it forever."""
+  if jax.process_count() == 1:
+    return decisions
+  votes = multihost_utils.process_allgather(np.asarray(decisions))
+  return tuple(bool(v) for v in np.asarray(votes).any(axis=0))
 
 
 class Driver:
@@ -114,7 +124,7 @@ class Driver:
     while True:
       wanted = running + take
       shape = batching.covering([self.configuration(p) for p in wanted],
-                                batching.power_of_two_at_least(len(wanted)))
+                                batching.slot_count(len(wanted), jax.device_count()))
       if self._fits_budget(shape) or len(wanted) <= 1:
         break
       if not take:
@@ -145,7 +155,7 @@ class Driver:
     for i, p in enumerate(s.slots):
       if p is not None and source[i] == -1:
         self.slot_started[i] = time.time()
-    slots = jax.device_put(self._pack(s.slots))  # sent once, not with every chunk
+    slots = T.place(self._pack(s.slots))  # sent once, not with every chunk
     if self.train_state is None:
       self.train_state = T.init_state(self.settings, s.shape, slots)
     else:
@@ -224,7 +234,7 @@ class Driver:
     s = self.state
     proven = dict(s.certified.get(key, []))
     proven[coordinate] = max(margin64, proven.get(coordinate, -np.inf))
-    s.certified[key] = sorted(proven.items())
+    s.certified[key] = [[c, m] for c, m in sorted(proven.items())]
     if coordinate > s.witnesses.get(key, -1):
       s.witnesses[key] = coordinate
       self.store.write_witness(key, dict(
@@ -234,10 +244,14 @@ class Driver:
   # -- checkpoints ------------------------------------------------------------------------
 
   def _abstract_train_state(self, driver_json: dict):
+    """The saved state's structure, replicated on this run's devices, whatever their count."""
     restored = DriverState.from_json(driver_json)
     shape = restored.shape
     configs = [None if p is None else self.configuration(p) for p in restored.slots]
-    return jax.eval_shape(lambda s: T.init_state(self.settings, shape, s), T.pack(configs, shape))
+    replicated = jax.sharding.NamedSharding(T.slot_mesh(), jax.sharding.PartitionSpec())
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+        jax.eval_shape(lambda s: T.init_state(self.settings, shape, s), T.pack(configs, shape)))
 
   def checkpoint(self) -> None:
     if self.train_state is not None:
@@ -249,12 +263,18 @@ class Driver:
     if restored is None:
       return False
     _, train_state, driver_json = restored
-    # Through the host, so the arrays are placed like fresh ones and hit the same compiled
-    # programs instead of compiling every bucket shape again.
-    self.train_state = jax.device_get(train_state)
-    self.state = DriverState.from_json(driver_json)
-    self._slots = jax.device_put(self._pack(self.state.slots))
-    self.slot_started = {i: time.time() for i, p in enumerate(self.state.slots) if p is not None}
+    self.state = s = DriverState.from_json(driver_json)
+    # The same bucket, its slots only padded to a multiple of this run's device count (a
+    # checkpoint restores on any number of devices); the rebuild copies, so the resumed
+    # run computes exactly what an uninterrupted one does.
+    devices = jax.device_count()
+    extra = -s.shape.slots % devices
+    s.shape = dataclasses.replace(s.shape, slots=s.shape.slots + extra)
+    s.slots += [None] * extra
+    self._slots = T.place(self._pack(s.slots))
+    source = np.concatenate([np.arange(s.shape.slots - extra), -np.ones(extra)]).astype(np.int32)
+    self.train_state = T.rebuild(self.settings, s.shape, self._slots, train_state, source)
+    self.slot_started = {i: time.time() for i, p in enumerate(s.slots) if p is not None}
     return True
 
   # -- the loop ---------------------------------------------------------------------------
@@ -274,20 +294,22 @@ class Driver:
         progress(self._progress_line(0.0))
         continue
       self._arrange_bucket()
-      steps_before = np.asarray(self.train_state.step)
+      steps_before = T.to_host(self.train_state.step)
       started = time.perf_counter()
       self.train_state = T.train_chunk(self.settings, self._slots, self.train_state)
-      advanced = np.asarray(self.train_state.step) - steps_before
+      advanced = T.to_host(self.train_state.step) - steps_before
       seconds = time.perf_counter() - started
       self._account(advanced)
       steps = advanced.sum()
       self.state.chunk += 1
       self._harvest()
       progress(self._progress_line(steps / max(seconds, 1e-9)))
-      if stop_requested():
+      stop, due = _agreed(stop_requested(),
+                          time.monotonic() - self._last_checkpoint >= self.config.checkpoint_every_s)
+      if stop:
         self.checkpoint()
         return False
-      if time.monotonic() - self._last_checkpoint >= self.config.checkpoint_every_s:
+      if due:
         self.checkpoint()
     self.sweep.write(self.store, self.state.searches, self.state.certified)
     self.checkpoint()

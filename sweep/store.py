@@ -49,10 +49,15 @@ def _atomic_write_text(path: epath.Path, text: str) -> None:
 
 
 class Store:
-  """One sweep's workdir."""
+  """One sweep's workdir (a local path or any epath, e.g. gs://).
 
-  def __init__(self, workdir: str):
+  In a multi-process run every process reads and checkpoints, but only the writer
+  (process 0) writes results, tables, witnesses and config.json.
+  """
+
+  def __init__(self, workdir: str, writer: bool = True):
     self.workdir = epath.Path(workdir)
+    self.writer = writer
     self.results_path = self.workdir / "results.jsonl"
     self.critical_n_path = self.workdir / "critical_n.csv"
     self.config_path = self.workdir / "config.json"
@@ -71,6 +76,8 @@ class Store:
         raise ValueError(
             f"{self.workdir} was made by another config: fields {', '.join(differ)} differ "
             f"(use a new --workdir, or the same values)")
+    if not self.writer:
+      return
     self.workdir.mkdir(parents=True, exist_ok=True)
     _atomic_write_text(self.config_path, json.dumps(
         {"config": config, "environment": environment()}, indent=2, sort_keys=True) + "\n")
@@ -93,18 +100,20 @@ class Store:
     text = self.results_path.read_text()
     lines = text.split("\n")
     complete, torn = lines[:-1], lines[-1]
-    if torn and repair:
+    if torn and repair and self.writer:
       logging.warning("dropping a partial last line of %s", self.results_path)
       self.results_path.write_text("".join(line + "\n" for line in complete))
     return {result_key(r): r for r in map(json.loads, filter(None, complete))}
 
   def append_results(self, records: list[dict]) -> None:
-    if records:
+    if records and self.writer:
       with self.results_path.open("a") as f:
         f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
         f.flush()
 
   def write_critical_n(self, rows: list[dict]) -> None:
+    if not self.writer:
+      return
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, CRITICAL_N_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -115,7 +124,8 @@ class Store:
     _atomic_write_text(self.critical_n_path, buffer.getvalue())
 
   def write_critical_d(self, report: dict) -> None:
-    _atomic_write_text(self.workdir / "critical_d.json", json.dumps(report, indent=2) + "\n")
+    if self.writer:
+      _atomic_write_text(self.workdir / "critical_d.json", json.dumps(report, indent=2) + "\n")
 
   def read_critical_d(self) -> dict:
     path = self.workdir / "critical_d.json"
@@ -125,6 +135,8 @@ class Store:
 
   def write_witness(self, name: str, arrays: dict) -> None:
     """witnesses/NAME.npz: embeddings that retrieve every relevant set, for `sweep verify`."""
+    if not self.writer:
+      return
     folder = self.workdir / "witnesses"
     folder.mkdir(parents=True, exist_ok=True)
     temporary = folder / f".{name}.tmp.npz"

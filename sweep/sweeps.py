@@ -105,7 +105,8 @@ class CriticalN:
 
   def brackets(self, searches) -> str:
     return " ".join(
-        f"d={r['d']}:{r['critical_n']}" if r["done"] else
+        f"d={r['d']}:{r['critical_n'] if r['critical_n'] is not None else '>=%d' % r['lo']}"
+        if r["done"] else
         f"d={r['d']}:[{r['lo']},{r['hi'] if r['hi'] is not None else '?'}]"
         for r in self.rows(searches, {}))
 

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+from jax.experimental import multihost_utils
 
 from sweep import construct, objective, problems
 
@@ -130,8 +131,8 @@ class BucketShape:
 
   @classmethod
   def fitting(cls, configs, slots: int | None = None) -> "BucketShape":
-    """The smallest shape holding every configuration."""
-    return cls(slots=slots or len(configs),
+    """The smallest shape holding every configuration, its slots a multiple of the devices."""
+    return cls(slots=slots or -(-len(configs) // jax.device_count()) * jax.device_count(),
                queries=max(c.query_count for c in configs),
                documents=max(c.n for c in configs),
                dims=max(c.d for c in configs),
@@ -355,9 +356,48 @@ def evaluate(slots: Slots, state: TrainState, evaluated) -> TrainState:
 # The chunk: blocks of eval_every steps, an evaluation after each, on the device.
 # ---------------------------------------------------------------------------------------
 
+SLOT_AXIS = "slots"
+
+
+@functools.cache
+def slot_mesh() -> jax.sharding.Mesh:
+  """A 1-D mesh over every device of every process: the slot axis is split across it."""
+  # Auto axes: jit moves any input onto the mesh as shard_map needs it.
+  return jax.make_mesh((jax.device_count(),), (SLOT_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def slot_sharding() -> jax.sharding.NamedSharding:
+  return jax.sharding.NamedSharding(slot_mesh(), jax.sharding.PartitionSpec(SLOT_AXIS))
+
+
+def place(tree):
+  """Host arrays (the same on every process) as global arrays split along the slot axis."""
+  sharding = slot_sharding()
+  return jax.tree.map(
+      lambda x: jax.make_array_from_callback(x.shape, sharding, lambda index: x[index]), tree)
+
+
+def to_host(x) -> np.ndarray:
+  """A global array as numpy on every process, also where other processes hold parts of it."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  return multihost_utils.process_allgather(x, tiled=True)
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def train_chunk(settings: TrainSettings, slots: Slots, state: TrainState) -> TrainState:
-  """Up to `chunk_evals` blocks, ending early once no slot is running."""
+  """Up to `chunk_evals` blocks, ending early once no slot is running.
+
+  The slot axis is split over every device (shard_map), and each device loops only until
+  its own slots have stopped instead of waiting for the slowest slot of the whole bucket.
+  """
+  spec = jax.sharding.PartitionSpec(SLOT_AXIS)
+  return jax.shard_map(functools.partial(_local_chunk, settings), mesh=slot_mesh(),
+                       in_specs=(spec, spec), out_specs=spec)(slots, state)
+
+
+def _local_chunk(settings: TrainSettings, slots: Slots, state: TrainState) -> TrainState:
   def block(carry):
     blocks_done, state = carry
     running = state.stop_reason == StopReason.RUNNING
@@ -377,13 +417,13 @@ def train_chunk(settings: TrainSettings, slots: Slots, state: TrainState) -> Tra
 # ---------------------------------------------------------------------------------------
 
 def running(state: TrainState) -> np.ndarray:
-  return np.asarray(state.stop_reason) == StopReason.RUNNING
+  return to_host(state.stop_reason) == StopReason.RUNNING
 
 
 def outcomes(state: TrainState, count: int | None = None) -> list[dict]:
   """Per-slot results as plain Python values (the first `count` slots)."""
-  fields = jax.device_get((state.stop_reason, state.max_accuracy, state.accuracy, state.loss,
-                           state.best_loss, state.step, state.margin))
+  fields = [to_host(x) for x in (state.stop_reason, state.max_accuracy, state.accuracy,
+                                 state.loss, state.best_loss, state.step, state.margin)]
   results = []
   for reason, max_acc, acc, loss, best, step, margin in list(zip(*fields))[:count]:
     results.append(dict(
@@ -395,14 +435,14 @@ def outcomes(state: TrainState, count: int | None = None) -> list[dict]:
 
 def embeddings(state: TrainState, slot: int, config: Configuration):
   """The final (queries [q, d], documents [n, d]) of one slot, without padding."""
-  queries, documents = jax.device_get((state.queries[slot], state.documents[slot]))
+  queries, documents = to_host(state.queries[slot]), to_host(state.documents[slot])
   return queries[:config.query_count, :config.d], documents[:config.n, :config.d]
 
 
 def train(configs, settings: TrainSettings = TrainSettings(), return_embeddings: bool = False):
   """Train configurations together in one padded bucket until every one has stopped."""
   shape = BucketShape.fitting(configs)
-  slots = jax.device_put(pack(configs, shape))
+  slots = place(pack(configs, shape))
   state = init_state(settings, shape, slots)
   while running(state).any():
     state = train_chunk(settings, slots, state)

@@ -180,3 +180,14 @@ def test_main_requires_workdir():
   with pytest.raises(SystemExit) as info:
     cn.main(["critical_n"])
   assert str(info.value.code).startswith("error: ") and "workdir" in str(info.value.code)
+
+
+def test_an_overlay_draws_lower_bounds_without_a_fit(tmp_path, capsys):
+  fitted = write_workdir(tmp_path / "free", paper_like_rows())
+  bounded = write_workdir(tmp_path / "centroid", [f"{d},2,,120,120,,true,9" for d in range(4, 13)])
+  paths = cn.report([fitted, bounded], tmp_path / "overlay")
+  assert all(p.stat().st_size > 0 for p in paths)
+  assert "drawn without a fit" in capsys.readouterr().out
+  assert (fitted / "fit.json").exists() and not (bounded / "fit.json").exists()
+  with pytest.raises(ValueError, match="critical_n.csv"):
+    cn.report([bounded], tmp_path / "alone")
