@@ -320,36 +320,38 @@ def _open_brackets(rows: Iterable[dict]) -> list[tuple[int, int, int]]:
 
 
 def _draw_workdir(ax, workdir: Path, rows: list[dict], color, degree: int, d_min: int,
-                  log: bool) -> list:
+                  log: bool, offset: float = 0.0) -> list:
   """One sweep: finished points, their spread over restarts, open brackets and its fit.
 
-  Returns the legend handles in that order, so each sweep's entries stay together.
+  Markers sit `offset` to the side of their d, so overlaid sweeps with equal values stay
+  visible. Returns the legend handles in that order, so each sweep's entries stay together.
   """
   label = read_label(workdir)
   handles = []
   d, n = finished_points(rows)
   if len(d):
-    handles += ax.plot(d, n, "o", color=color, markersize=4, label=f"{label}: measured", zorder=3)
+    handles += ax.plot(d + offset, n, "o", color=color, markersize=4, label=f"{label}: measured", zorder=3)
 
   ks = {r["k"] for r in rows}
   spread = restart_spread(read_results(workdir))
   spans = sorted((d_, lo, hi) for (d_, k), (lo, hi) in spread.items() if k in ks and hi > lo)
   if spans:
     sd, slo, shi = (np.array(v, dtype=float) for v in zip(*spans))
-    handles.append(ax.errorbar(sd, (slo + shi) / 2, yerr=(shi - slo) / 2, fmt="none", ecolor=color,
+    handles.append(ax.errorbar(sd + offset, (slo + shi) / 2, yerr=(shi - slo) / 2, fmt="none", ecolor=color,
                                alpha=0.7, capsize=2, elinewidth=1,
                                label=f"{label}: min–max over restarts"))
 
   bounds = sorted((r["d"], r["lo"]) for r in rows
                   if r["done"] and r["critical_n"] is None and r["lo"] is not None)
   if bounds:
-    handles += ax.plot(*zip(*bounds), "^", color=color, mfc="white", markersize=6, zorder=3,
+    bd, bn = (np.array(v, dtype=float) for v in zip(*bounds))
+    handles += ax.plot(bd + offset, bn, "^", color=color, mfc="white", markersize=6, zorder=3,
                        label=f"{label}: no failure up to max_n (a lower bound)")
 
   brackets = _open_brackets(rows)
   if brackets:
     bd, blo, bhi = (np.array(v, dtype=float) for v in zip(*brackets))
-    bars = ax.errorbar(bd, (blo + bhi) / 2, yerr=(bhi - blo) / 2, fmt="s", mfc="white", mec=color,
+    bars = ax.errorbar(bd + offset, (blo + bhi) / 2, yerr=(bhi - blo) / 2, fmt="s", mfc="white", mec=color,
                        markersize=4, ecolor=color, capsize=3, elinewidth=1.2,
                        label=f"{label}: open search (lo..hi)")
     bars[-1][0].set_linestyle("--")
@@ -372,12 +374,13 @@ def plot(
 ) -> list[Path]:
   """Measured critical n per d for each workdir over the paper's Table 6; writes .png and .pdf.
 
-  Each sweep's fit is drawn only over its own dimensions; the paper's cubic spans the figure.
+  Each sweep's fit is drawn only over its own dimensions; the paper's table and cubic are
+  drawn over the measured range of d (plus a little), so small sweeps stay readable.
   """
   workdirs = [Path(w) for w in workdirs]
   all_rows = [read_critical_n(w) for w in workdirs]
-  paper = read_paper_table6()
-  d_max = max([r["d"] for rows in all_rows for r in rows] + [r["d"] for r in paper])
+  d_max = max(r["d"] for rows in all_rows for r in rows) + 2
+  paper = [r for r in read_paper_table6() if r["d"] <= d_max]
   ks = sorted({r["k"] for rows in all_rows for r in rows})
 
   fig, ax = plt.subplots(figsize=(9, 6))
@@ -387,7 +390,9 @@ def plot(
                        linewidth=1.5)
   colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   for i, (workdir, rows) in enumerate(zip(workdirs, all_rows)):
-    handles += _draw_workdir(ax, workdir, rows, colors[i % len(colors)], degree, d_min, log)
+    offset = 0.12 * (i - (len(workdirs) - 1) / 2)
+    handles += _draw_workdir(ax, workdir, rows, colors[i % len(colors)], degree, d_min, log,
+                             offset)
 
   if log:
     ax.set_yscale("log")

@@ -24,6 +24,7 @@ from etils import epath
 CRITICAL_N_COLUMNS = ("d", "k", "critical_n", "max_success_n", "lo", "hi", "done", "probes",
                       "critical_n_certified")
 RESULT_KEY = ("d", "n", "k", "seed")
+_OBJECT_STORES = ("gs://", "s3://")
 # Fields that change how a sweep runs but not what it finds; a resumed run may change them.
 RUN_ONLY_FIELDS = ("checkpoint_every_s", "label")
 
@@ -106,10 +107,17 @@ class Store:
     return {result_key(r): r for r in map(json.loads, filter(None, complete))}
 
   def append_results(self, records: list[dict]) -> None:
-    if records and self.writer:
-      with self.results_path.open("a") as f:
-        f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-        f.flush()
+    if not (records and self.writer):
+      return
+    lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    if str(self.workdir).startswith(_OBJECT_STORES):
+      # Object stores cannot append; a whole-object write replaces the file at once.
+      previous = self.results_path.read_text() if self.results_path.exists() else ""
+      self.results_path.write_text(previous + lines)
+      return
+    with self.results_path.open("a") as f:
+      f.write(lines)
+      f.flush()
 
   def write_critical_n(self, rows: list[dict]) -> None:
     if not self.writer:
