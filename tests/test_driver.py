@@ -1,11 +1,9 @@
 """The sweep driver, store and CLI end to end on tiny configurations."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
