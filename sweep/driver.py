@@ -291,6 +291,7 @@ class Driver:
         break
       if self.config.protocol == "construction":
         self._evaluate_constructions()
+        self.state.chunk += 1
         progress(self._progress_line(0.0))
         continue
       self._arrange_bucket()

@@ -71,9 +71,13 @@ class CriticalN:
     return lo
 
   def specs(self) -> dict[str, search.SearchSpec]:
-    return {f"d={d}": search.SearchSpec(
-        start_n=min(self.start_n(d), self.max_n(d)), floor_n=self.config.k,
-        local_sweep=self.config.local_sweep, ceiling_n=self.max_n(d)) for d in self.config.dims}
+    specs = {}
+    for d in self.config.dims:
+      ceiling = self.max_n(d)
+      specs[f"d={d}"] = search.SearchSpec(
+          start_n=min(self.start_n(d), ceiling), floor_n=self.config.k,
+          local_sweep=self.config.local_sweep, ceiling_n=ceiling)
+    return specs
 
   def probe(self, key: str, coordinate: int, seed: int) -> Probe:
     return Probe(d=int(key.removeprefix("d=")), n=coordinate, seed=seed)
