@@ -17,31 +17,22 @@ _COPIES_PER_EMBEDDING = 8
 _COPIES_PER_LOGIT = 8
 
 
-def padded(size: int) -> int:
-  """The grid value >= size: steps of 4 up to 32, then a quarter of the power of two below."""
-  step = max(4, 2 ** max(0, math.floor(math.log2(max(size - 1, 1))) - 2))
+def padded(size: int, min_step: int = 4) -> int:
+  """The grid value >= size: steps of a quarter of the power of two below (at most 25%
+  padding), and at least min_step."""
+  step = max(min_step, 2 ** max(0, math.floor(math.log2(max(size - 1, 1))) - 2))
   return -(-size // step) * step
 
 
 def shape_class(config: Configuration) -> BucketShape:
-  """The single-slot padded shape a configuration trains in."""
-  documents = padded(config.n)
-  if config.table is not None:  # a dataset's relevance: its own queries
-    queries = padded(config.query_count)
-  else:
-    queries = math.comb(documents, config.k)
-    if config.num_queries is not None:  # a sample: its own count, not the padded problem's
-      queries = min(queries, padded(config.num_queries))
-  return BucketShape(slots=1, queries=queries, documents=documents, dims=padded(config.d),
-                     width=config.k)
+  """The single-slot padded shape a configuration trains in: each of its sizes on the grid.
 
-
-def covering(configs, slots: int) -> BucketShape:
-  """The smallest grid shape holding all configurations, with `slots` slots."""
-  classes = [shape_class(c) for c in configs]
-  return BucketShape(slots=slots, queries=max(s.queries for s in classes),
-                     documents=max(s.documents for s in classes),
-                     dims=max(s.dims for s in classes), width=max(s.width for s in classes))
+  Queries are padded from the configuration's own count, C(n, k) for a top-k problem, not
+  from C(padded n, k): a slot's relevance table is its own, so nothing needs the larger one.
+  Dimensions take a finer grid at small d, where one step of 4 would be most of the work.
+  """
+  return BucketShape(slots=1, queries=padded(config.query_count), documents=padded(config.n),
+                     dims=padded(config.d, min_step=2), width=config.k)
 
 
 def slot_bytes(shape: BucketShape) -> int:
@@ -54,10 +45,3 @@ def slot_bytes(shape: BucketShape) -> int:
 def slots_within(shape: BucketShape, memory_budget_mb: float) -> int:
   """How many slots of `shape` fit the budget (0 if not even one)."""
   return int(memory_budget_mb * 2**20 // slot_bytes(shape))
-
-
-def slot_count(count: int, devices: int) -> int:
-  """Slots for `count` probes: a power of two, so resizing a bucket reuses few compiled
-  shapes, and a multiple of the device count, so the slot axis splits evenly."""
-  power = 1 << max(0, count - 1).bit_length()
-  return -(-power // devices) * devices

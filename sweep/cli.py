@@ -12,7 +12,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from sweep import config as config_lib
-from sweep import construct
+from sweep import compilation, construct
 from sweep import driver as driver_lib
 from sweep.store import Store
 
@@ -57,11 +57,18 @@ def _sweep(config) -> Store | None:
   for signum in (signal.SIGTERM, signal.SIGINT):
     signal.signal(signum, lambda signum, frame: stop.append(signum))
   store = Store(FLAGS.workdir, writer=writer)
+  compilation.enable_cache()
+  compiles = compilation.count()
   try:
     driver = driver_lib.Driver(config, store)
     store.claim(config.to_dict())
     finished = driver.run(stop_requested=lambda: bool(stop),
                           progress=print if writer else lambda _: None)
+    if writer and config.protocol != "construction":
+      stats = driver.stats()
+      print(f"slot occupancy {stats['slot_occupancy']:.0%} (slot-steps of running configurations "
+            f"/ slot-steps computed), padding efficiency {stats['padding_efficiency']:.0%} (real / "
+            f"padded cells of those steps); {compiles.summary()}")
   except (ValueError, FileNotFoundError) as error:
     _fail(error)
   finally:

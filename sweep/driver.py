@@ -20,7 +20,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
-from sweep import batching, construct, objective, search, sweeps
+from sweep import batching, construct, objective, scheduler, search, sweeps
 from sweep import trainer as T
 from sweep.config import settings_of, validate_config
 from sweep import store as store_lib
@@ -32,32 +32,48 @@ class DriverState:
   """Everything the driver decides from; JSON round-trips go into every checkpoint."""
   searches: dict[str, search.SearchState]  # by the sweep's search key, e.g. "d=4"
   queue: list[Probe]                    # probes waiting for a slot, in order
-  slots: list[Probe | None]             # the probe each slot of the bucket trains
-  shape: T.BucketShape | None
+  buckets: list[scheduler.Bucket]       # the live buckets and the probe of each slot
   seed_outcomes: dict[tuple[int, int], list[bool]]  # (d, n) -> successes of finished restarts
   chunk: int = 0
   certified: dict[str, list] = dataclasses.field(default_factory=dict)  # key -> [[coord, margin64]]
   witnesses: dict[str, int] = dataclasses.field(default_factory=dict)  # key -> coordinate kept
+  work: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(WORK_COUNTERS, 0))
+  shapes: list[T.BucketShape] = dataclasses.field(default_factory=list)  # single-slot, in order of first use
 
   def to_json(self) -> dict:
     return dict(
         searches={key: s.to_json() for key, s in self.searches.items()},
         queue=[dataclasses.astuple(p) for p in self.queue],
-        slots=[None if p is None else dataclasses.astuple(p) for p in self.slots],
-        shape=None if self.shape is None else dataclasses.asdict(self.shape),
+        buckets=[b.to_json() for b in self.buckets],
         seed_outcomes=[[d, n, s] for (d, n), s in self.seed_outcomes.items()],
-        chunk=self.chunk, certified=self.certified, witnesses=self.witnesses)
+        chunk=self.chunk, certified=self.certified, witnesses=self.witnesses, work=self.work,
+        shapes=[dataclasses.asdict(shape) for shape in self.shapes])
 
   @classmethod
   def from_json(cls, data: dict) -> "DriverState":
     return cls(
         searches={key: search.SearchState.from_json(s) for key, s in data["searches"].items()},
         queue=[Probe(*p) for p in data["queue"]],
-        slots=[None if p is None else Probe(*p) for p in data["slots"]],
-        shape=None if data["shape"] is None else T.BucketShape(**data["shape"]),
+        buckets=[scheduler.Bucket.from_json(b) for b in data["buckets"]],
         seed_outcomes={(d, n): list(s) for d, n, s in data["seed_outcomes"]},
         chunk=data["chunk"], certified={k: [list(p) for p in v] for k, v in data["certified"].items()},
-        witnesses=data["witnesses"])
+        witnesses=data["witnesses"], work=data["work"],
+        shapes=[T.BucketShape(**shape) for shape in data["shapes"]])
+
+
+# Slot-steps computed (every slot of a bucket, running or not), slot-steps of running
+# configurations, and the cells (queries x documents x dims) of those steps, real and padded.
+WORK_COUNTERS = ("slot_steps_computed", "slot_steps_running", "cells_real", "cells_padded")
+
+
+def efficiency(work: dict) -> dict:
+  """slot occupancy: slot-steps of running configurations / slot-steps computed.
+  padding efficiency: real cells / padded cells over the slot-steps of running configurations.
+  Their product is the fraction of the computed work that was real."""
+  occupancy = work["slot_steps_running"] / max(work["slot_steps_computed"], 1)
+  padding = work["cells_real"] / max(work["cells_padded"], 1)
+  return dict(slot_occupancy=round(occupancy, 4), padding_efficiency=round(padding, 4),
+              **{k: int(v) for k, v in work.items()})
 
 
 def _agreed(*decisions: bool) -> tuple[bool, ...]:
@@ -81,24 +97,28 @@ class Driver:
     self.results: dict[tuple, dict] = {}
     self.state = DriverState(
         searches={key: search.new_search(spec) for key, spec in self.sweep.specs().items()},
-        queue=[], slots=[], shape=None, seed_outcomes={})
-    self.train_state: T.TrainState | None = None
-    self.slot_started: dict[int, float] = {}
+        queue=[], buckets=[], seed_outcomes={})
+    # Per live bucket, parallel to state.buckets: (slots, train state) on the device.
+    self.device: list[tuple[T.Slots, T.TrainState]] = []
+    self.started: dict[Probe, float] = {}
     self._last_checkpoint = time.monotonic()
-    self.slot_steps_computed = self.slot_steps_useful = 0
+    self.slots_per_bucket = scheduler.slots_per_bucket(
+        config.bucket_slots, config.restarts, jax.devices()[0].platform, jax.device_count())
 
   # -- probes and configurations -----------------------------------------------------------
 
   def configuration(self, probe: Probe) -> T.Configuration:
     return self.sweep.configuration(probe)
 
-  def _pack(self, assignment) -> T.Slots:
-    return T.pack([None if p is None else self.configuration(p) for p in assignment],
-                  self.state.shape)
+  def _configurations(self, bucket: scheduler.Bucket) -> list[T.Configuration | None]:
+    return [None if p is None else self.configuration(p) for p in bucket.slots]
+
+  def _training(self) -> list[Probe]:
+    return [p for b in self.state.buckets for p in b.probes]
 
   def _pending(self, key: str) -> set[int]:
     """Search coordinates of `key` whose probes are queued or training."""
-    probes = self.state.queue + [p for p in self.state.slots if p is not None]
+    probes = self.state.queue + self._training()
     return {coordinate for k, coordinate in map(self.sweep.locate, probes) if k == key}
 
   def _fill_queue(self) -> None:
@@ -111,74 +131,100 @@ class Driver:
           self.state.queue += [self.sweep.probe(key, coordinate, self.config.seed + r)
                                for r in range(self.config.restarts)]
 
-  # -- the bucket -------------------------------------------------------------------------
+  # -- the buckets ------------------------------------------------------------------------
 
-  def _fits_budget(self, shape: T.BucketShape) -> bool:
-    return batching.slots_within(shape, self.config.memory_budget_mb) >= shape.slots
+  def _fits_budget(self, shapes) -> bool:
+    return sum(batching.slot_bytes(s) * s.slots for s in shapes) <= self.config.memory_budget_mb * 2**20
 
-  def _arrange_bucket(self) -> None:
-    """Give free slots the queued probes; resize the bucket when they need it."""
+  def _shape_of(self, probe: Probe) -> T.BucketShape:
+    """The shape a probe trains in (scheduler.target_shape); a new class is remembered."""
+    own = batching.shape_class(self.configuration(probe))
+    shape = scheduler.target_shape(own, self.state.shapes)
+    if shape not in self.state.shapes:
+      self.state.shapes.append(shape)
+    return shape
+
+  def _arrange(self, hosts: dict[int, T.TrainState]) -> None:
+    """Queued probes into free or new slots of the buckets of their shape class.
+
+    `hosts` holds the host copy of every bucket state already fetched this round; a bucket
+    that changes is rebuilt from it on the host (a plain gather) and sent to the device.
+    """
     s = self.state
-    running = [p for p in s.slots if p is not None]
-    take = s.queue[:max(0, self.config.max_slots - len(running))]
-    while True:
-      wanted = running + take
-      shape = batching.covering([self.configuration(p) for p in wanted],
-                                batching.slot_count(len(wanted), jax.device_count()))
-      if self._fits_budget(shape) or len(wanted) <= 1:
-        break
-      if not take:
-        raise ValueError(f"config.memory_budget_mb={self.config.memory_budget_mb} cannot hold "
-                         f"the {len(running)} running slots of {shape}")
-      take = take[:-1]
-    if not self._fits_budget(shape):
+    placements, s.queue = scheduler.arrange(
+        s.buckets, s.queue, self._shape_of, self.slots_per_bucket, self.config.max_slots,
+        self._fits_budget)
+    if s.queue and not placements:
+      shape = batching.shape_class(self.configuration(s.queue[0]))
       raise ValueError(f"config.memory_budget_mb={self.config.memory_budget_mb} is too small "
                        f"for one slot of {shape}: need >= {batching.slot_bytes(shape) / 2**20:.1f}")
-    s.queue = s.queue[len(take):]
-    cost = lambda b: batching.slot_bytes(b) * b.slots  # compute scales like memory
-    free = [i for i, p in enumerate(s.slots) if p is None]
-    in_place = (s.shape is not None and len(take) <= len(free)
-                and all(s.shape.holds(self.configuration(p)) for p in take)
-                and cost(s.shape) <= 2 * cost(shape))
-    if in_place:
-      if not take:
-        return
-      source = list(range(s.shape.slots))
-      for i, probe in zip(free, take):
-        s.slots[i], source[i] = probe, -1
-    else:
-      kept = [i for i, p in enumerate(s.slots) if p is not None]
-      s.shape = shape
-      s.slots = ([s.slots[i] for i in kept] + take + [None] * shape.slots)[:shape.slots]
-      source = kept + [-1] * (shape.slots - len(kept))
-      self.slot_started = {j: self.slot_started.get(i, time.time()) for j, i in enumerate(kept)}
-    for i, p in enumerate(s.slots):
-      if p is not None and source[i] == -1:
-        self.slot_started[i] = time.time()
-    slots = T.place(self._pack(s.slots))  # sent once, not with every chunk
-    if self.train_state is None:
-      self.train_state = T.init_state(self.settings, s.shape, slots)
-    else:
-      self.train_state = T.rebuild(self.settings, s.shape, slots, self.train_state,
-                                   np.asarray(source, np.int32))
-    self._slots = slots
+    device = []
+    for placed in placements:
+      bucket, source = placed.bucket, placed.source
+      if source is None:
+        device.append(self.device[placed.previous])
+        continue
+      donors = sorted({i for i, _ in filter(None, source)})
+      for i in donors:
+        if i not in hosts:
+          hosts[i] = T.to_host(self.device[i][1])
+      # Donors share the bucket's shape: one concatenation, then a plain gather.
+      offsets = {i: k * bucket.shape.slots for k, i in enumerate(donors)}
+      previous = jax.tree.map(lambda *x: np.concatenate(x), *[hosts[i] for i in donors]) if donors else None
+      configs = self._configurations(bucket)
+      state = T.init_state(self.settings, bucket.shape, configs, previous,
+                           [-1 if o is None else offsets[o[0]] + o[1] for o in source])
+      device.append((T.place(T.pack(configs, bucket.shape)), T.place(state)))
+      for probe, o in zip(bucket.slots, source):
+        if probe is not None and o is None:
+          self.started[probe] = time.time()
+    s.buckets, self.device = [p.bucket for p in placements], device
+
+  def _train_round(self) -> dict[int, T.TrainState]:
+    """One chunk of every bucket, dispatched together, then harvested; returns the host copies
+    of the bucket states fetched for the harvest."""
+    s = self.state
+    steps_before = [T.to_host(state.step) for _, state in self.device]
+    blocks = []
+    for i, (slots, state) in enumerate(self.device):
+      state, ran = T.train_chunk(self.settings, slots, state, True)
+      self.device[i] = (slots, state)
+      blocks.append(ran)
+    hosts = {}
+    for i, (bucket, (_, state), ran) in enumerate(zip(s.buckets, self.device, blocks)):
+      advanced = T.to_host(state.step) - steps_before[i]
+      self._account(bucket, advanced, T.to_host(ran))
+      stopped = T.to_host(state.stop_reason) != T.StopReason.RUNNING
+      if any(p is not None and stopped[j] for j, p in enumerate(bucket.slots)):
+        hosts[i] = T.to_host(state)
+        self._harvest(bucket, hosts[i])
+    return hosts
+
+  def _account(self, bucket: scheduler.Bucket, advanced: np.ndarray, blocks: np.ndarray) -> None:
+    """Every slot computes each step of the blocks its device ran, running or not."""
+    work, shape = self.state.work, bucket.shape
+    per_device = shape.slots // len(blocks)
+    work["slot_steps_computed"] += int(blocks.sum()) * self.settings.eval_every * per_device
+    work["slot_steps_running"] += int(advanced.sum())
+    for probe, steps in zip(bucket.slots, advanced):
+      if probe is not None and steps:
+        c = self.configuration(probe)
+        work["cells_real"] += int(steps) * c.query_count * c.n * c.d
+        work["cells_padded"] += int(steps) * shape.queries * shape.documents * shape.dims
 
   # -- outcomes ---------------------------------------------------------------------------
 
-  def _harvest(self) -> None:
+  def _harvest(self, bucket: scheduler.Bucket, host: T.TrainState) -> None:
     """Record every slot that stopped, with its final embeddings for the certificate."""
-    s = self.state
-    stopped = ~T.running(self.train_state)
-    finished = [i for i, p in enumerate(s.slots) if p is not None and stopped[i]]
-    if not finished:
-      return
-    outcomes = T.outcomes(self.train_state)
+    outcomes = T.outcomes(host)
     done = []
-    for i in finished:
-      probe = s.slots[i]
-      embeddings = T.embeddings(self.train_state, i, self.configuration(probe))
-      done.append((probe, outcomes[i], embeddings, time.time() - self.slot_started.get(i, time.time())))
-      s.slots[i] = None
+    for i, probe in enumerate(bucket.slots):
+      if probe is None or outcomes[i]["stop_reason"] == "running":
+        continue
+      embeddings = T.embeddings(host, i, self.configuration(probe))
+      done.append((probe, outcomes[i], embeddings,
+                   time.time() - self.started.pop(probe, time.time())))
+      bucket.slots[i] = None
     self._record(done)
 
   def _evaluate_constructions(self) -> None:
@@ -243,38 +289,41 @@ class Driver:
 
   # -- checkpoints ------------------------------------------------------------------------
 
-  def _abstract_train_state(self, driver_json: dict):
-    """The saved state's structure, replicated on this run's devices, whatever their count."""
-    restored = DriverState.from_json(driver_json)
-    shape = restored.shape
-    configs = [None if p is None else self.configuration(p) for p in restored.slots]
+  def _abstract_train_states(self, driver_json: dict):
+    """The saved states' structure, replicated on this run's devices, whatever their count."""
     replicated = jax.sharding.NamedSharding(T.slot_mesh(), jax.sharding.PartitionSpec())
-    return jax.tree.map(
+    return {str(i): jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-        jax.eval_shape(lambda s: T.init_state(self.settings, shape, s), T.pack(configs, shape)))
+        T.init_state(self.settings, bucket.shape, []))
+        for i, bucket in enumerate(DriverState.from_json(driver_json).buckets)}
 
   def checkpoint(self) -> None:
-    if self.train_state is not None:
-      self.store.save_checkpoint(self.state.chunk, self.train_state, self.state.to_json())
+    if self.device:  # the construction protocol trains nothing, so has nothing to resume
+      states = {str(i): state for i, (_, state) in enumerate(self.device)}
+      self.store.save_checkpoint(self.state.chunk, states, self.state.to_json())
+    self.store.write_stats(self.stats())
     self._last_checkpoint = time.monotonic()
 
   def restore(self) -> bool:
-    restored = self.store.restore_checkpoint(self._abstract_train_state)
+    restored = self.store.restore_checkpoint(self._abstract_train_states)
     if restored is None:
       return False
-    _, train_state, driver_json = restored
+    _, states, driver_json = restored
     self.state = s = DriverState.from_json(driver_json)
-    # The same bucket, its slots only padded to a multiple of this run's device count (a
-    # checkpoint restores on any number of devices); the rebuild copies, so the resumed
-    # run computes exactly what an uninterrupted one does.
+    # The same buckets, their slots only padded to a multiple of this run's device count (a
+    # checkpoint restores on any number of devices); the copy is exact, so the resumed run
+    # computes what an uninterrupted one does.
     devices = jax.device_count()
-    extra = -s.shape.slots % devices
-    s.shape = dataclasses.replace(s.shape, slots=s.shape.slots + extra)
-    s.slots += [None] * extra
-    self._slots = T.place(self._pack(s.slots))
-    source = np.concatenate([np.arange(s.shape.slots - extra), -np.ones(extra)]).astype(np.int32)
-    self.train_state = T.rebuild(self.settings, s.shape, self._slots, train_state, source)
-    self.slot_started = {i: time.time() for i, p in enumerate(s.slots) if p is not None}
+    self.device = []
+    for i, bucket in enumerate(s.buckets):
+      extra = -bucket.shape.slots % devices
+      bucket.shape = dataclasses.replace(bucket.shape, slots=bucket.shape.slots + extra)
+      bucket.slots += [None] * extra
+      configs = self._configurations(bucket)
+      source = list(range(bucket.shape.slots - extra)) + [-1] * extra
+      state = T.init_state(self.settings, bucket.shape, configs, T.to_host(states[str(i)]), source)
+      self.device.append((T.place(T.pack(configs, bucket.shape)), T.place(state)))
+    self.started = {p: time.time() for p in self._training()}
     return True
 
   # -- the loop ---------------------------------------------------------------------------
@@ -285,25 +334,23 @@ class Driver:
     self.results = self.store.load_results(repair=True)
     if self.restore():
       progress(f"resumed {self.store.workdir} at chunk {self.state.chunk}")
+    hosts: dict[int, T.TrainState] = {}
     while True:
       self._fill_queue()
-      if not self.state.queue and not any(self.state.slots):
+      if not self.state.queue and not self._training():
         break
       if self.config.protocol == "construction":
         self._evaluate_constructions()
         self.state.chunk += 1
         progress(self._progress_line(0.0))
         continue
-      self._arrange_bucket()
-      steps_before = T.to_host(self.train_state.step)
+      self._arrange(hosts)
+      steps_before = self.state.work["slot_steps_running"]
       started = time.perf_counter()
-      self.train_state = T.train_chunk(self.settings, self._slots, self.train_state)
-      advanced = T.to_host(self.train_state.step) - steps_before
+      hosts = self._train_round()
       seconds = time.perf_counter() - started
-      self._account(advanced)
-      steps = advanced.sum()
       self.state.chunk += 1
-      self._harvest()
+      steps = self.state.work["slot_steps_running"] - steps_before
       progress(self._progress_line(steps / max(seconds, 1e-9)))
       stop, due = _agreed(stop_requested(),
                           time.monotonic() - self._last_checkpoint >= self.config.checkpoint_every_s)
@@ -314,24 +361,15 @@ class Driver:
         self.checkpoint()
     self.sweep.write(self.store, self.state.searches, self.state.certified)
     self.checkpoint()
-    if self.slot_steps_computed:
-      progress(f"slot-steps on running configurations: {self.useful_fraction():.0%} of those "
-               f"computed (the rest went to finished, empty or padded-out slots)")
     return True
 
-  def _account(self, advanced: np.ndarray) -> None:
-    """Every slot computes each step of a block, running or not; count how many were useful."""
-    eval_every = self.settings.eval_every
-    blocks = -(-int(advanced.max()) // eval_every)
-    self.slot_steps_computed += blocks * eval_every * len(advanced)
-    self.slot_steps_useful += int(advanced.sum())
-
-  def useful_fraction(self) -> float:
-    return self.slot_steps_useful / max(self.slot_steps_computed, 1)
+  def stats(self) -> dict:
+    """The sweep's efficiency figures (see `efficiency`), for run_stats.json and the console."""
+    return efficiency(self.state.work)
 
   def _progress_line(self, steps_per_second: float) -> str:
     s = self.state
-    running = sum(p is not None for p in s.slots)
     brackets = self.sweep.brackets(s.searches)
-    return (f"chunk {s.chunk}: {len(self.results)} done, {running} running, {len(s.queue)} queued, "
-            f"{steps_per_second:,.0f} steps/s | {brackets}")
+    return (f"chunk {s.chunk}: {len(self.results)} done, {len(self._training())} running in "
+            f"{len(s.buckets)} bucket(s), {len(s.queue)} queued, {steps_per_second:,.0f} steps/s "
+            f"| {brackets}")

@@ -44,7 +44,8 @@ def validate_table(table: np.ndarray, d: int, n: int, k: int) -> None:
                      f"(or {PAD} as padding) and a relevant document in every row")
 
 
-@functools.lru_cache(maxsize=16)
+# Enough for every n a sweep has in flight: a table is rebuilt only when its n is new.
+@functools.lru_cache(maxsize=256)
 def _colex_table(n: int, k: int) -> np.ndarray:
   combos = np.array(list(itertools.combinations(range(n), k)), dtype=np.int32).reshape(-1, k)
   # np.lexsort sorts by its last key first: the largest element of each subset.

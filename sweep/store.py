@@ -152,6 +152,15 @@ class Store:
       np.savez(f, **arrays)
     temporary.replace(folder / f"{name}.npz")
 
+  def write_stats(self, stats: dict) -> None:
+    """run_stats.json: the sweep's efficiency figures so far (slot occupancy, padding)."""
+    if self.writer:
+      _atomic_write_text(self.workdir / "run_stats.json", json.dumps(stats, indent=2) + "\n")
+
+  def read_stats(self) -> dict | None:
+    path = self.workdir / "run_stats.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
   def read_critical_n(self) -> list[dict]:
     if not self.critical_n_path.exists():
       raise FileNotFoundError(f"{self.critical_n_path} does not exist: no sweep has run there")

@@ -152,11 +152,6 @@ class Slots:
   dims: jax.Array           # int32 [B]
   learning_rate: jax.Array  # float32 [B]
   temperature: jax.Array    # float32 [B]
-  key: jax.Array            # uint32 [B, 2], from (seed, d, n, k) alone
-  init_scale: jax.Array     # float32 [B]: the initial noise's scale (1 from scratch)
-  # The embeddings a warm start begins from (zero padded), or None when no slot has one.
-  init_queries: jax.Array | None = None
-  init_documents: jax.Array | None = None
 
 
 @struct.dataclass
@@ -164,7 +159,7 @@ class TrainState:
   """Everything that evolves; a pytree that checkpoints and shards as it is."""
   queries: jax.Array      # float32 [B, queries, dims]
   documents: jax.Array    # float32 [B, documents, dims]
-  opt_state: optax.OptState
+  opt_state: optax.OptState  # zeros until the slot's first chunk initialises it on the device
   step: jax.Array         # int32 [B], updates taken; frozen at the stop
   loss: jax.Array         # float32 [B], loss of the last update
   best_loss: jax.Array
@@ -185,12 +180,6 @@ def pack(configs, shape: BucketShape) -> Slots:
   relevance = np.full((shape.slots, shape.queries, shape.width), problems.PAD, np.int32)
   num_queries, num_documents, dims = (np.zeros(shape.slots, np.int32) for _ in range(3))
   learning_rate, temperature = np.ones(shape.slots, np.float32), np.ones(shape.slots, np.float32)
-  key = np.zeros((shape.slots, 2), np.uint32)
-  init_scale = np.ones(shape.slots, np.float32)
-  warm = any(c is not None and c.warm_noise is not None for c in configs)
-  init_queries, init_documents = (
-      (np.zeros((shape.slots, rows, shape.dims), np.float32) for rows in (shape.queries, shape.documents))
-      if warm else (None, None))
   for i, c in enumerate(configs):
     if c is None:
       continue
@@ -198,17 +187,12 @@ def pack(configs, shape: BucketShape) -> Slots:
     relevance[i, :len(table), :table.shape[1]] = table
     num_queries[i], num_documents[i], dims[i] = len(table), c.n, c.d
     learning_rate[i], temperature[i] = c.learning_rate, c.temperature
-    key[i] = problems.config_key(c.seed, c.d, c.n, c.k)
-    if c.warm_noise is not None:
-      init_scale[i] = c.warm_noise
-      init_queries[i, :len(table), :c.d] = construct.queries_for_subsets(table, c.n, c.d)
-      init_documents[i, :c.n, :c.d] = construct.documents_on_curve(c.n, c.k, c.d)
-  return Slots(relevance, num_queries, num_documents, dims, learning_rate, temperature, key,
-               init_scale, init_queries, init_documents)
+  return Slots(relevance, num_queries, num_documents, dims, learning_rate, temperature)
 
 
 # ---------------------------------------------------------------------------------------
-# Initialisation: standard normal rows, L2-normalised, zero outside the real block.
+# Initialisation, on the host: standard normal rows, L2-normalised, zero outside the real
+# block. No program is compiled for it, and moving slots between buckets is a plain gather.
 # ---------------------------------------------------------------------------------------
 
 def _normalise_rows(x):
@@ -216,69 +200,84 @@ def _normalise_rows(x):
   return jnp.where(norm > 0, x / jnp.where(norm > 0, norm, 1.0), 0.0)
 
 
-def _padding_free_normal(key, rows: int, cols: int):
-  """A normal matrix whose entry (i, j) depends on (key, i, j) alone, not on the padding."""
-  def entry(i, j):
-    return jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, i), j))
-  return jax.vmap(lambda i: jax.vmap(lambda j: entry(i, j))(jnp.arange(cols)))(jnp.arange(rows))
-
-
 def _centroids(relevance, documents):
   """Each query as the normalised mean of its relevant documents (zero for padded queries)."""
-  relevant = jnp.where((relevance >= 0)[..., None], documents[jnp.maximum(relevance, 0)], 0.0)
-  return _normalise_rows(relevant.sum(axis=1))
+  xp = jnp if isinstance(documents, jax.Array) else np
+  relevant = xp.where((relevance >= 0)[..., None], documents[xp.maximum(relevance, 0)], 0.0)
+  summed = relevant.sum(axis=1)
+  norm = xp.linalg.norm(summed, axis=-1, keepdims=True)
+  return xp.where(norm > 0, summed / xp.where(norm > 0, norm, 1.0), 0.0)
 
 
-def _init_slot(settings: TrainSettings, shape: BucketShape, slot: Slots) -> TrainState:
-  key_queries, key_documents = jax.random.split(slot.key)
-  dim_mask = jnp.arange(shape.dims) < slot.dims
+def initial_embeddings(config: Configuration, centroid_queries: bool = False):
+  """(queries [q, d], documents [n, d]) float32 of a fresh configuration, unpadded.
 
-  def embed(key, start, rows, count):
-    x = start + slot.init_scale * _padding_free_normal(key, rows, shape.dims)
-    return _normalise_rows(jnp.where((jnp.arange(rows) < count)[:, None] & dim_mask, x, 0.0))
-
-  warm = slot.init_queries is not None
-  documents = embed(key_documents, slot.init_documents if warm else 0.0, shape.documents,
-                    slot.num_documents)
-  queries = (_centroids(slot.relevance, documents) if settings.centroid_queries else
-             embed(key_queries, slot.init_queries if warm else 0.0, shape.queries,
-                   slot.num_queries))
-  params = (queries, documents)
-  opt_state = settings.optimizer_for(slot.learning_rate).init(params)
-  stop_reason = jnp.where(slot.num_queries > 0, StopReason.RUNNING, StopReason.EMPTY)
-  zero, inf = jnp.zeros((), jnp.float32), jnp.asarray(jnp.inf, jnp.float32)
-  return TrainState(queries=params[0], documents=params[1], opt_state=opt_state,
-                    step=jnp.zeros((), jnp.int32), loss=inf, best_loss=inf,
-                    best_step=jnp.zeros((), jnp.int32), accuracy=zero, max_accuracy=zero,
-                    margin=-inf, stop_reason=stop_reason.astype(jnp.int32))
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def init_state(settings: TrainSettings, shape: BucketShape, slots: Slots) -> TrainState:
-  """Fresh state for every slot."""
-  return jax.vmap(lambda slot: _init_slot(settings, shape, slot))(slots)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def rebuild(settings: TrainSettings, shape: BucketShape, slots: Slots, state: TrainState,
-            source: jax.Array) -> TrainState:
-  """A state of `shape` whose slot j continues old slot source[j], or starts fresh if -1.
-
-  This is how finished slots take the next pending probes at a chunk boundary (same shape:
-  no recompile) and how a bucket grows or shrinks while its running slots go on. A moved
-  slot only gains or loses zero padding (embeddings, optimizer moments), which padded
-  dimensions, documents and queries hold anyway, so it trains on unchanged.
+  Drawn by numpy from (seed, d, n, k) alone, so a configuration starts the same in any
+  bucket, slot or run. A warm start adds the noise to the closed-form construction.
   """
-  fresh = init_state(settings, shape, slots)
-  moves = source >= 0
+  query_stream, document_stream = (np.random.default_rng(s) for s in np.random.SeedSequence(
+      [config.seed, config.d, config.n, config.k]).spawn(2))
+  table = config.relevance()
+  queries = query_stream.standard_normal((len(table), config.d))
+  documents = document_stream.standard_normal((config.n, config.d))
+  if config.warm_noise is not None:
+    queries = construct.queries_for_subsets(table, config.n, config.d) + config.warm_noise * queries
+    documents = construct.documents_on_curve(config.n, config.k, config.d) + config.warm_noise * documents
+  documents /= np.linalg.norm(documents, axis=-1, keepdims=True)
+  if centroid_queries:
+    queries = _centroids(table, documents)
+  queries /= np.linalg.norm(queries, axis=-1, keepdims=True)
+  return queries.astype(np.float32), documents.astype(np.float32)
+
+
+def _opt_state_zeros(settings: TrainSettings, shape: BucketShape):
+  """Zeros shaped like the optimizer state of a bucket (its values are set on the device)."""
+  rows = lambda r: jax.ShapeDtypeStruct((shape.slots, r, shape.dims), jnp.float32)
+  abstract = jax.eval_shape(
+      jax.vmap(lambda p, lr: settings.optimizer_for(lr).init(p)),
+      (rows(shape.queries), rows(shape.documents)),
+      jax.ShapeDtypeStruct((shape.slots,), jnp.float32))
+  return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract)
+
+
+def init_state(settings: TrainSettings, shape: BucketShape, configs, previous: TrainState | None = None,
+               source=None) -> TrainState:
+  """Host-side state of `shape`: slot j continues slot source[j] of `previous` where
+  source[j] >= 0, else starts configs[j] fresh (None: an empty slot).
+
+  This is how finished slots take the next probes and how a bucket grows or shrinks while its
+  running slots go on. A moved slot only gains or loses zero padding (embeddings, optimizer
+  moments), which padded dimensions, documents and queries hold anyway, so it trains on
+  unchanged.
+  """
+  configs = list(configs) + [None] * (shape.slots - len(configs))
+  source = np.full(shape.slots, -1) if source is None else np.asarray(source)
+  fresh = TrainState(
+      queries=np.zeros((shape.slots, shape.queries, shape.dims), np.float32),
+      documents=np.zeros((shape.slots, shape.documents, shape.dims), np.float32),
+      opt_state=_opt_state_zeros(settings, shape), step=np.zeros(shape.slots, np.int32),
+      loss=np.full(shape.slots, np.inf, np.float32), best_loss=np.full(shape.slots, np.inf, np.float32),
+      best_step=np.zeros(shape.slots, np.int32), accuracy=np.zeros(shape.slots, np.float32),
+      max_accuracy=np.zeros(shape.slots, np.float32),
+      margin=np.full(shape.slots, -np.inf, np.float32),
+      stop_reason=np.full(shape.slots, StopReason.EMPTY, np.int32))
+  for j, config in enumerate(configs):
+    if config is not None and source[j] < 0:
+      queries, documents = initial_embeddings(config, settings.centroid_queries)
+      fresh.queries[j, :len(queries), :config.d] = queries
+      fresh.documents[j, :config.n, :config.d] = documents
+      fresh.stop_reason[j] = StopReason.RUNNING
+  moves = np.flatnonzero(source >= 0)
+  if not len(moves):
+    return fresh
 
   def move(new, old):
     # Crop what a smaller bucket drops (zeros: the moved configurations fit it), pad the rest.
-    old = old[(jnp.maximum(source, 0),) + tuple(slice(0, a) for a in new.shape[1:])]
-    old = jnp.pad(old, [(0, 0)] + [(0, a - b) for a, b in zip(new.shape[1:], old.shape[1:])])
-    return jnp.where(moves.reshape(moves.shape + (1,) * (new.ndim - 1)), old, new)
+    old = np.asarray(old)[(source[moves],) + tuple(slice(0, a) for a in new.shape[1:])]
+    new[moves] = np.pad(old, [(0, 0)] + [(0, a - b) for a, b in zip(new.shape[1:], old.shape[1:])])
+    return new
 
-  return jax.tree.map(move, fresh, state)
+  return jax.tree.map(move, fresh, previous)
 
 
 # ---------------------------------------------------------------------------------------
@@ -378,26 +377,49 @@ def place(tree):
       lambda x: jax.make_array_from_callback(x.shape, sharding, lambda index: x[index]), tree)
 
 
-def to_host(x) -> np.ndarray:
-  """A global array as numpy on every process, also where other processes hold parts of it."""
-  if x.is_fully_addressable:
-    return np.asarray(x)
-  return multihost_utils.process_allgather(x, tiled=True)
+def to_host(tree):
+  """Global arrays as numpy on every process, also where other processes hold parts of them."""
+  def leaf(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return np.asarray(x)
+    return multihost_utils.process_allgather(x, tiled=True)
+  return jax.tree.map(leaf, tree)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def train_chunk(settings: TrainSettings, slots: Slots, state: TrainState) -> TrainState:
-  """Up to `chunk_evals` blocks, ending early once no slot is running.
+def start_optimizer(settings: TrainSettings, slots: Slots, state: TrainState) -> TrainState:
+  """The optimizer state of every slot that has not stepped yet, from its own learning rate.
+
+  The host lays zeros there (it cannot run an arbitrary optax init without compiling one),
+  and this runs at the top of every chunk, so a slot starts the same wherever it was packed.
+  """
+  def start(slot, slot_state):
+    fresh = slot_state.step == 0
+    init = settings.optimizer_for(slot.learning_rate).init(
+        (slot_state.queries, slot_state.documents))
+    return slot_state.replace(opt_state=jax.tree.map(
+        lambda a, b: jnp.where(fresh, a, b), init, slot_state.opt_state))
+  return jax.vmap(start)(slots, state)
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+def train_chunk(settings: TrainSettings, slots: Slots, state: TrainState, end_on_stop):
+  """Up to `chunk_evals` blocks; returns (state, blocks run by each device [devices]).
 
   The slot axis is split over every device (shard_map), and each device loops only until
   its own slots have stopped instead of waiting for the slowest slot of the whole bucket.
+  With `end_on_stop` (traced, so one program serves both) a device also ends after the first
+  block in which one of its slots stopped, so that slot can be refilled at once.
   """
   spec = jax.sharding.PartitionSpec(SLOT_AXIS)
   return jax.shard_map(functools.partial(_local_chunk, settings), mesh=slot_mesh(),
-                       in_specs=(spec, spec), out_specs=spec)(slots, state)
+                       in_specs=(spec, spec, jax.sharding.PartitionSpec()),
+                       out_specs=(spec, spec))(slots, state, end_on_stop)
 
 
-def _local_chunk(settings: TrainSettings, slots: Slots, state: TrainState) -> TrainState:
+def _local_chunk(settings: TrainSettings, slots: Slots, state: TrainState, end_on_stop):
+  state = start_optimizer(settings, slots, state)
+  running_at_start = (state.stop_reason == StopReason.RUNNING).sum()
+
   def block(carry):
     blocks_done, state = carry
     running = state.stop_reason == StopReason.RUNNING
@@ -407,9 +429,12 @@ def _local_chunk(settings: TrainSettings, slots: Slots, state: TrainState) -> Tr
 
   def go_on(carry):
     blocks_done, state = carry
-    return (blocks_done < settings.chunk_evals) & (state.stop_reason == StopReason.RUNNING).any()
+    running = (state.stop_reason == StopReason.RUNNING).sum()
+    return ((blocks_done < settings.chunk_evals) & (running > 0)
+            & ~(end_on_stop & (running < running_at_start)))
 
-  return jax.lax.while_loop(go_on, block, (jnp.zeros((), jnp.int32), state))[1]
+  blocks, state = jax.lax.while_loop(go_on, block, (jnp.zeros((), jnp.int32), state))
+  return state, blocks[None]
 
 
 # ---------------------------------------------------------------------------------------
@@ -434,8 +459,8 @@ def outcomes(state: TrainState, count: int | None = None) -> list[dict]:
 
 
 def embeddings(state: TrainState, slot: int, config: Configuration):
-  """The final (queries [q, d], documents [n, d]) of one slot, without padding."""
-  queries, documents = to_host(state.queries[slot]), to_host(state.documents[slot])
+  """The final (queries [q, d], documents [n, d]) of one slot of a host state, unpadded."""
+  queries, documents = np.asarray(state.queries[slot]), np.asarray(state.documents[slot])
   return queries[:config.query_count, :config.d], documents[:config.n, :config.d]
 
 
@@ -443,11 +468,12 @@ def train(configs, settings: TrainSettings = TrainSettings(), return_embeddings:
   """Train configurations together in one padded bucket until every one has stopped."""
   shape = BucketShape.fitting(configs)
   slots = place(pack(configs, shape))
-  state = init_state(settings, shape, slots)
+  state = place(init_state(settings, shape, configs))
   while running(state).any():
-    state = train_chunk(settings, slots, state)
-  results = outcomes(state, len(configs))
+    state, _ = train_chunk(settings, slots, state, False)
+  host = to_host(state)
+  results = outcomes(host, len(configs))
   if return_embeddings:
     for i, (result, config) in enumerate(zip(results, configs)):
-      result["queries"], result["documents"] = embeddings(state, i, config)
+      result["queries"], result["documents"] = embeddings(host, i, config)
   return results

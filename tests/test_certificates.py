@@ -64,9 +64,7 @@ def test_centroid_queries_reach_n_20_at_d_8():
 
 def test_warm_start_begins_at_the_construction():
   config = T.Configuration(d=4, n=12, warm_noise=0.0)
-  shape = T.BucketShape.fitting([config])
-  slots = T.pack([config], shape)
-  state = T.init_state(T.TrainSettings(), shape, slots)
+  state = T.init_state(T.TrainSettings(), T.BucketShape.fitting([config]), [config])
   queries, documents = construct.construction(12, 2, 4, dtype=np.float32)
   np.testing.assert_allclose(state.queries[0], queries, atol=1e-6)
   np.testing.assert_allclose(state.documents[0], documents, atol=1e-6)

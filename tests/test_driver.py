@@ -84,20 +84,25 @@ def interrupt_and_resume(tmp_path, signum, finished_lines):
   process.send_signal(signum)
   interrupted_out, err = process.communicate(timeout=120)
   unfinished = "false" in (workdir / "critical_n.csv").read_text()
+  checkpointed = driver_lib.Driver(tiny_config(), Store(str(workdir)))
+  live_buckets = len(checkpointed.state.buckets) if checkpointed.restore() else 0
   resumed = sweep(*args)
   resumed_out, err = resumed.communicate(timeout=300)
   assert resumed.returncode == 0, err
   assert (results_without_timing(workdir), (workdir / "critical_n.csv").read_text()) == expected
-  return process.returncode, interrupted_out, resumed_out, unfinished
+  return process.returncode, interrupted_out, resumed_out, unfinished, live_buckets
 
 
 def test_sigkill_at_any_moment_then_resume_equals_uninterrupted(tmp_path):
-  _, _, resumed_out, _ = interrupt_and_resume(tmp_path, signal.SIGKILL, finished_lines=3)
+  _, _, resumed_out, _, live_buckets = interrupt_and_resume(tmp_path, signal.SIGKILL,
+                                                            finished_lines=6)
   assert "resumed" in resumed_out
+  assert live_buckets >= 2  # the checkpoint it resumed from held several buckets
 
 
 def test_sigterm_checkpoints_exits_cleanly_and_resumes(tmp_path):
-  returncode, out, _, unfinished = interrupt_and_resume(tmp_path, signal.SIGTERM, finished_lines=1)
+  returncode, out, _, unfinished, _ = interrupt_and_resume(tmp_path, signal.SIGTERM,
+                                                           finished_lines=1)
   assert returncode == 0
   assert "resume with the same command" in out
   assert unfinished

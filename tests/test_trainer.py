@@ -24,8 +24,9 @@ def test_padded_slot_loss_and_gradient_match_plain_computation(form):
   settings = T.TrainSettings(loss=form)
   config = T.Configuration(d=3, n=5, temperature=0.2)
   shape = T.BucketShape(slots=2, queries=21, documents=7, dims=6, width=2)
-  slots = T.pack([config, T.Configuration(d=6, n=7)], shape)
-  state = T.init_state(settings, shape, slots)
+  configs = [config, T.Configuration(d=6, n=7)]
+  slots = T.pack(configs, shape)
+  state = T.init_state(settings, shape, configs)
   slot = jax.tree.map(lambda x: x[0], slots)
   params = (state.queries[0], state.documents[0])
   loss, (grad_q, grad_d) = jax.value_and_grad(lambda p: T.slot_loss(settings, slot, p))(params)
@@ -42,7 +43,8 @@ def test_padded_slot_loss_and_gradient_match_plain_computation(form):
 
 def loss_trace(configs, shape, steps, settings=T.TrainSettings()):
   slots = T.pack(configs, shape)
-  state = T.init_state(settings, shape, slots)
+  state = jax.jit(T.start_optimizer, static_argnums=0)(
+      settings, slots, T.init_state(settings, shape, configs))
   step = jax.jit(T.train_step, static_argnums=0)
   losses = []
   for _ in range(steps):
@@ -133,10 +135,11 @@ def test_one_bucket_shape_compiles_once_across_batches():
              [T.Configuration(d=4, n=4, learning_rate=0.1), T.Configuration(d=1, n=2)]]
   counts = []
   for configs in batches:
-    slots = T.pack(configs, shape)
-    state = T.init_state(settings, shape, slots)
-    state = T.train_chunk(settings, slots, state)
-    state = T.rebuild(settings, shape, slots, state, jnp.array([-1, 1]))
+    slots = T.place(T.pack(configs, shape))
+    state, _ = T.train_chunk(settings, slots, T.place(T.init_state(settings, shape, configs)), True)
+    host = T.to_host(state)
+    state = T.place(T.init_state(settings, shape, configs, host, [-1, 1]))
+    T.train_chunk(settings, slots, state, False)
     counts.append(len(compiles))
   assert counts[0] > 0 and counts[1] == counts[0] and counts[2] == counts[0]
 
@@ -164,22 +167,38 @@ def test_pack_rejects_configurations_that_do_not_fit():
     T.pack([T.Configuration(d=5, n=4)], T.BucketShape(1, 6, 4, 4, 2))
 
 
-def test_rebuild_moves_running_slots_into_a_larger_bucket_unchanged():
+def test_moving_running_slots_into_a_larger_bucket_leaves_them_unchanged():
   settings = T.TrainSettings(chunk_evals=2, eval_every=20)
   configs = [T.Configuration(d=2, n=5), T.Configuration(d=3, n=6)]
   small = T.BucketShape.fitting(configs)
-  state = T.train_chunk(settings, T.pack(configs, small), T.init_state(settings, small, T.pack(configs, small)))
+  small_slots = T.place(T.pack(configs, small))
+  state, _ = T.train_chunk(settings, small_slots, T.place(T.init_state(settings, small, configs)), False)
+  state = T.to_host(state)
   big = T.BucketShape(slots=3, queries=28, documents=8, dims=5, width=2)
   moved_configs = [T.Configuration(d=4, n=8), configs[1], configs[0]]
-  big_slots = T.pack(moved_configs, big)
-  moved = T.rebuild(settings, big, big_slots, state, jnp.array([-1, 1, 0]))
+  big_slots = T.place(T.pack(moved_configs, big))
+  moved = T.init_state(settings, big, moved_configs, state, [-1, 1, 0])
   np.testing.assert_array_equal(moved.queries[2, :15, :3], state.queries[0])
-  assert not np.asarray(moved.queries[2, 15:]).any()
+  assert not moved.queries[2, 15:].any()
   assert int(moved.step[1]) == int(state.step[1]) == 40 and int(moved.step[0]) == 0
-  continued = T.train_chunk(settings, big_slots, moved)
-  reference = T.train_chunk(settings, T.pack(configs, small), state)
+  continued, _ = T.train_chunk(settings, big_slots, T.place(moved), False)
+  reference, _ = T.train_chunk(settings, small_slots, T.place(state), False)
   np.testing.assert_allclose(continued.loss[2], reference.loss[0], atol=1e-5)
   np.testing.assert_allclose(continued.loss[1], reference.loss[1], atol=1e-5)
+
+
+def test_initialisation_depends_on_the_configuration_alone():
+  config = T.Configuration(d=3, n=6, seed=5)
+  alone = T.init_state(T.TrainSettings(), T.BucketShape.fitting([config]), [config])
+  shape = T.BucketShape(slots=3, queries=40, documents=9, dims=7, width=2)
+  packed = T.init_state(T.TrainSettings(), shape, [T.Configuration(d=4, n=9), None, config])
+  np.testing.assert_array_equal(packed.queries[2, :15, :3], alone.queries[0])
+  np.testing.assert_array_equal(packed.documents[2, :6, :3], alone.documents[0])
+  assert not packed.queries[2, 15:].any() and not packed.queries[2, :, 3:].any()
+  assert not packed.queries[1].any() and packed.stop_reason[1] == T.StopReason.EMPTY
+  other_seed = T.init_state(T.TrainSettings(), T.BucketShape.fitting([config]),
+                            [T.Configuration(d=3, n=6, seed=6)])
+  assert not np.allclose(other_seed.documents, alone.documents)
 
 
 @pytest.mark.parametrize("table, field", [
