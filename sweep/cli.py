@@ -120,9 +120,14 @@ def status(argv) -> None:
   except (ValueError, FileNotFoundError) as error:
     _fail(error)
   if FLAGS.json:
-    print(json.dumps({"configurations_finished": finished, "searches": rows}, indent=2))
+    print(json.dumps({"configurations_finished": finished, "efficiency": store.read_stats(),
+                      "searches": rows}, indent=2))
     return
   print(f"{store.workdir}: {finished} configurations finished")
+  stats = store.read_stats()
+  if stats:
+    print(f"slot occupancy {stats['slot_occupancy']:.0%}, padding efficiency "
+          f"{stats['padding_efficiency']:.0%}")
   print(f"{'d':>4} {'k':>3} {'bracket':>12} {'critical_n':>10} {'max_success':>11} "
         f"{'probes':>6}  state")
   for r in rows:

@@ -222,8 +222,9 @@ class Driver:
       if probe is None or outcomes[i]["stop_reason"] == "running":
         continue
       embeddings = T.embeddings(host, i, self.configuration(probe))
-      done.append((probe, outcomes[i], embeddings,
-                   time.time() - self.started.pop(probe, time.time())))
+      shape = bucket.shape
+      outcome = dict(outcomes[i], padded_shape=[shape.queries, shape.documents, shape.dims])
+      done.append((probe, outcome, embeddings, time.time() - self.started.pop(probe, time.time())))
       bucket.slots[i] = None
     self._record(done)
 
@@ -240,7 +241,7 @@ class Driver:
           queries, documents, table, len(table), config.n))
       outcome = dict(success=accuracy >= 1.0, max_accuracy=accuracy, final_accuracy=accuracy,
                      final_loss=None, best_loss=None, stop_step=0, stop_reason="construction",
-                     margin=margin)
+                     margin=margin, padded_shape=None)
       done.append((probe, outcome, (queries, documents), time.time() - started))
     self.state.queue = []
     self._record(done)
