@@ -26,8 +26,7 @@ _NS = flags.DEFINE_list("ns", [str(n) for n in range(22, 37, 2)], "document coun
 def host_loop(config: T.Configuration, settings: T.TrainSettings) -> bool:
   """One configuration, one dispatch per step, evaluation on the host."""
   table = config.relevance()
-  state = T.init_state(settings, T.BucketShape.fitting([config]), T.pack([config], T.BucketShape.fitting([config])))
-  params = (state.queries[0], state.documents[0])
+  params = tuple(jnp.asarray(x) for x in T.initial_embeddings(config))
   optimizer = optax.adam(config.learning_rate)
 
   @jax.jit

@@ -17,6 +17,7 @@ def default_config() -> ConfigDict:
       dims=(4, 5, 6), k=2, restarts=1, seed=42, learning_rate=0.01, temperature=0.1,
       loss="code", optimizer="adam", max_steps=100_000, patience=1000, min_delta=1e-5,
       eval_every=50, num_queries=0, start_n=0, max_n=0, local_sweep=4, probes_per_search=2,
+      start_window=0,
       max_slots=64, bucket_slots=0, chunk_evals=20, memory_budget_mb=2048.0, checkpoint_every_s=60.0,
       protocol="free", warm_noise=0.0, qrels="", start_d=0, label=""))
 
@@ -48,7 +49,8 @@ def validate_config(config: ConfigDict) -> None:
   for field, minimum in (("k", 1), ("restarts", 1), ("max_steps", 1), ("patience", 1),
                          ("eval_every", 1), ("probes_per_search", 1), ("max_slots", 1), ("bucket_slots", 0),
                          ("chunk_evals", 1), ("seed", 0), ("num_queries", 0),
-                         ("start_n", 0), ("max_n", 0), ("local_sweep", 0), ("start_d", 0)):
+                         ("start_n", 0), ("max_n", 0), ("local_sweep", 0), ("start_d", 0),
+                         ("start_window", 0)):
     value = config[field]
     _check(isinstance(value, int) and value >= minimum, field, value, f"an integer >= {minimum}")
   for field in ("learning_rate", "temperature", "memory_budget_mb", "checkpoint_every_s"):

@@ -13,7 +13,6 @@ import functools
 import itertools
 import math
 
-import jax
 import numpy as np
 
 PAD = -1  # marks an unused entry of a relevance table
@@ -73,12 +72,11 @@ def topk_relevance(n: int, k: int, num_queries: int | None = None, seed: int = 0
   return table[np.sort(rng.choice(len(table), size=num_queries, replace=False))]
 
 
-def config_key(seed: int, d: int, n: int, k: int) -> np.ndarray:
-  """The raw PRNG key of one configuration: a function of (seed, d, n, k) alone.
+def config_streams(seed: int, d: int, n: int, k: int) -> tuple[np.random.Generator, np.random.Generator]:
+  """Independent (query, document) random streams of one configuration: a function of
+  (seed, d, n, k) alone.
 
   Never of a slot or batch position, so outcomes do not depend on how probes were packed.
   """
-  key = jax.random.PRNGKey(seed)
-  for value in (d, n, k):
-    key = jax.random.fold_in(key, value)
-  return np.asarray(key)
+  queries, documents = np.random.SeedSequence([seed, d, n, k]).spawn(2)
+  return np.random.default_rng(queries), np.random.default_rng(documents)

@@ -17,7 +17,8 @@ lowers hi, and once a failure exists every proposal lies in (floor_n, hi + local
 the search terminates unless no failure is ever recorded; a ceiling_n bounds that case
 (done with lo = ceiling_n, hi = None and no critical_n).
 
-Phases, all derived from the bracket:
+Phases, all derived from the bracket (after an optional first round over a window of n
+around start_n, for devices wide enough to probe it at once):
   * gallop up   (no failure yet): start, start+1, start+2, start+4, ...
   * gallop down (a failure, no success below it): start-1, start-2, start-4, ...,
   clamped to floor_n + 1
@@ -49,11 +50,15 @@ class SearchSpec:
   floor_n: int
   local_sweep: int
   ceiling_n: int | None = None  # no probe above it; reaching it without a failure ends the search
+  # The first round probes every n within this distance of start_n (nearest first), so a wide
+  # device brackets a boundary near the start in one round instead of galloping to it.
+  window: int = 0
 
   def __post_init__(self) -> None:
     _check_int("floor_n", self.floor_n, 0, ">= 0")
     _check_int("start_n", self.start_n, self.floor_n + 1, f"> floor_n (= {self.floor_n})")
     _check_int("local_sweep", self.local_sweep, 0, ">= 0")
+    _check_int("window", self.window, 0, ">= 0")
     if self.ceiling_n is not None:
       _check_int("ceiling_n", self.ceiling_n, self.start_n, f">= start_n (= {self.start_n})")
 
@@ -172,8 +177,12 @@ def propose(state: SearchState, pending: Iterable[int], max_points: int) -> list
   lo, hi = _bracket(state)
   if hi is not None and hi - lo > 1 and lo > spec.floor_n:
     return _split(lo, hi, {n for n in pending if lo < n < hi}, max_points)
-  if hi is None:
-    pool: Iterable[int] = (n for n in _gallop_up(spec) if n > lo)
+  if not state.outcomes and spec.window:
+    window = [n for n in range(spec.start_n - spec.window, spec.start_n + spec.window + 1)
+              if spec.floor_n < n <= (spec.ceiling_n or n)]
+    pool: Iterable[int] = sorted(window, key=lambda n: (abs(n - spec.start_n), n))
+  elif hi is None:
+    pool = (n for n in _gallop_up(spec) if n > lo)
   elif hi - lo > 1:
     pool = (n for n in _gallop_down(spec) if n < hi)
   else:

@@ -76,7 +76,7 @@ class CriticalN:
       ceiling = self.max_n(d)
       specs[f"d={d}"] = search.SearchSpec(
           start_n=min(self.start_n(d), ceiling), floor_n=self.config.k,
-          local_sweep=self.config.local_sweep, ceiling_n=ceiling)
+          local_sweep=self.config.local_sweep, ceiling_n=ceiling, window=self.config.start_window)
     return specs
 
   def probe(self, key: str, coordinate: int, seed: int) -> Probe:

@@ -215,8 +215,7 @@ def initial_embeddings(config: Configuration, centroid_queries: bool = False):
   Drawn by numpy from (seed, d, n, k) alone, so a configuration starts the same in any
   bucket, slot or run. A warm start adds the noise to the closed-form construction.
   """
-  query_stream, document_stream = (np.random.default_rng(s) for s in np.random.SeedSequence(
-      [config.seed, config.d, config.n, config.k]).spawn(2))
+  query_stream, document_stream = problems.config_streams(config.seed, config.d, config.n, config.k)
   table = config.relevance()
   queries = query_stream.standard_normal((len(table), config.d))
   documents = document_stream.standard_normal((config.n, config.d))

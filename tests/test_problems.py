@@ -30,11 +30,13 @@ def test_subsample_is_seeded_and_distinct():
   assert len({tuple(r) for r in a}) == 12
 
 
-def test_config_key_depends_on_config_alone():
-  np.testing.assert_array_equal(problems.config_key(1, 4, 9, 2), problems.config_key(1, 4, 9, 2))
-  keys = {tuple(problems.config_key(*args)) for args in
-          [(1, 4, 9, 2), (2, 4, 9, 2), (1, 5, 9, 2), (1, 4, 10, 2), (1, 4, 9, 3)]}
-  assert len(keys) == 5
+def test_config_streams_depend_on_the_configuration_alone():
+  draw = lambda *args: [rng.standard_normal(3) for rng in problems.config_streams(*args)]
+  np.testing.assert_array_equal(draw(1, 4, 9, 2), draw(1, 4, 9, 2))
+  draws = [draw(*args) for args in
+           [(1, 4, 9, 2), (2, 4, 9, 2), (1, 5, 9, 2), (1, 4, 10, 2), (1, 4, 9, 3)]]
+  assert len({tuple(np.concatenate(d)) for d in draws}) == 5
+  assert not np.array_equal(*draws[0])  # queries and documents draw apart
 
 
 @pytest.mark.parametrize("args, field", [

@@ -136,3 +136,13 @@ def test_ceiling_does_not_change_a_boundary_below_it():
 def test_ceiling_below_start_is_rejected():
   with pytest.raises(ValueError, match="ceiling_n"):
     SearchSpec(start_n=10, floor_n=FLOOR, local_sweep=0, ceiling_n=9)
+
+
+def test_a_window_brackets_a_boundary_near_the_start_in_one_round() -> None:
+  spec = SearchSpec(start_n=10, floor_n=FLOOR, local_sweep=2, window=4)
+  s, rounds = drive(spec, lambda n: n <= 12, 9)
+  assert rounds[0] == list(range(6, 15)) and len(rounds) == 2  # then the rest of the sweep
+  assert summary(s)["critical_n"] == 12
+  assert propose(new_search(spec), pending=[], max_points=3) == [9, 10, 11]
+  far, _ = drive(spec, lambda n: n <= 40, 9)
+  assert summary(far)["critical_n"] == 40
