@@ -24,6 +24,11 @@ def padded(size: int, min_step: int = 4) -> int:
   return -(-size // step) * step
 
 
+# The grid starts here: below about this many scores a step costs its fixed overhead on any
+# device, so finer shapes would only add programs to compile.
+MIN_QUERIES, MIN_DOCUMENTS = 128, 16
+
+
 def shape_class(config: Configuration) -> BucketShape:
   """The single-slot padded shape a configuration trains in: each of its sizes on the grid.
 
@@ -31,7 +36,8 @@ def shape_class(config: Configuration) -> BucketShape:
   from C(padded n, k): a slot's relevance table is its own, so nothing needs the larger one.
   Dimensions take a finer grid at small d, where one step of 4 would be most of the work.
   """
-  return BucketShape(slots=1, queries=padded(config.query_count), documents=padded(config.n),
+  return BucketShape(slots=1, queries=padded(max(config.query_count, MIN_QUERIES)),
+                     documents=padded(max(config.n, MIN_DOCUMENTS)),
                      dims=padded(config.d, min_step=2), width=config.k)
 
 
