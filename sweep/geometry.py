@@ -136,7 +136,8 @@ def witness(d: int, k: int, n: int | None = None) -> tuple[np.ndarray, np.ndarra
   if n is None:
     raise ValueError(f"n is required for d={d} >= 2k={2 * k}: every n has a witness there")
   if n < k or (limit is not None and n > limit):
-    raise ValueError(f"n={n} is out of range: need {k} <= n <= G(d={d}, k={k}) = {limit}")
+    allowed = f"n >= k = {k}" if limit is None else f"{k} <= n <= G(d={d}, k={k}) = {limit}"
+    raise ValueError(f"n={n} is out of range: need {allowed}")
   subsets = problems.colex_subsets(n, k)
   if n == k:  # nothing competes: any documents, any query
     documents = np.tile(regular_simplex(1, d), (n, 1))
@@ -185,6 +186,20 @@ def lp_margins(documents: np.ndarray, k: int) -> np.ndarray:
   """[C(n, k)] separation_margin of every k-subset, in colex order (one LP each)."""
   return np.array([separation_margin(documents, s)
                    for s in problems.colex_subsets(len(documents), k)])
+
+
+def certify_witness(d: int, k: int, n_unbounded: int, lp_max_subsets: int) -> dict:
+  """The witness at G(d, k) (at n_unbounded where there is no limit), verified in float64
+  with its own queries (construct.verify) and, when it has at most lp_max_subsets k-subsets,
+  by the LP with none: a row of `sweep geometry`."""
+  limit = critical_n(d, k)
+  n = n_unbounded if limit is None else limit
+  queries, documents = witness(d, k, n)
+  verified, margin64 = construct.verify(queries, documents, problems.colex_subsets(n, k))
+  subsets = math.comb(n, k)
+  lp_margin = float(lp_margins(documents, k).min()) if subsets <= lp_max_subsets else None
+  return dict(d=d, k=k, critical_n=critical_n_cell(d, k), n=n, family=witness_family(d, k, n),
+              verified=verified, margin64=margin64, subsets=subsets, lp_margin=lp_margin)
 
 
 # -- relevance matrices -----------------------------------------------------------------------
