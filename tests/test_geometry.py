@@ -7,10 +7,13 @@ leave some k-subset that no hyperplane separates.
 
 import itertools
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from plots import critical_n
 from sweep import construct, geometry, problems, qrels
 
 SMALL_CASES = [(d, k) for k in range(1, 5) for d in range(1, 2 * k)]
@@ -165,3 +168,39 @@ def test_d_1_fits_one_set_and_its_complement():
   assert geometry.lower_bound(one)[0] == 1
   two = qrels.relevance_from_matrix(np.array([[1, 0, 0], [0, 1, 0]]))
   assert not geometry.fits_on_a_line(two) and geometry.lower_bound(two)[0] >= 2
+
+
+# -- the command and the figure -----------------------------------------------------------------
+
+
+def sweep_cli(*args):
+  return subprocess.run([sys.executable, "-m", "sweep.cli", *args], capture_output=True,
+                        text=True, timeout=120)
+
+
+def test_geometry_command_certifies_each_witness():
+  out = sweep_cli("geometry", "--k=3", "--dims=2,4,6", "--n_unbounded=10")
+  assert out.returncode == 0, out.stderr
+  rows = {line.split()[0]: line.split() for line in out.stdout.splitlines()[1:]}
+  assert rows["2"][2:4] == ["4", "4"] and rows["4"][2:4] == ["6", "6"]
+  assert rows["6"][2:4] == [geometry.UNBOUNDED, "10"]
+  assert "all 20 separable" in out.stdout and "all 120 separable" in out.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--k=0", "--dims=2"), "error: k=0 is out of range: need an integer >= 1"),
+    (("--k=2", "--dims=2,x"), "error: --dims=2,x is out of range: need integers >= 1"),
+    (("--k=2", "--dims=4", "--n_unbounded=1"), "error: n=1 is out of range: need n >= k = 2"),
+])
+def test_geometry_command_refuses_bad_input_in_one_line(args, message):
+  out = sweep_cli("geometry", *args)
+  assert out.returncode != 0 and out.stderr.strip() == message
+
+
+def test_the_figure_draws_the_geometric_limit_as_its_own_series():
+  figure, ax = critical_n.plt.subplots()
+  line, band = critical_n._draw_geometric_limit(ax, 3, 2, 9)
+  assert list(line.get_xdata()) == [2, 3, 4, 5]
+  assert list(line.get_ydata()) == [geometry.critical_n(d, 3) for d in (2, 3, 4, 5)]
+  assert "no limit from d = 2k = 6" in band.get_label()
+  critical_n.plt.close(figure)
