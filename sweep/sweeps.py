@@ -132,7 +132,7 @@ class CriticalD:
     self.num_documents = self.relevance.num_documents
     if self.num_documents < 2:
       raise ValueError(f"{config.qrels}: needs at least 2 documents to search a dimension")
-    self.geometry = geometry.dimension_bounds(self.relevance)
+    self.geometric_bounds = geometry.dimension_bounds(self.relevance)
     self._geometry_saved = False
 
   def _d(self, coordinate: int) -> int:
@@ -173,7 +173,7 @@ class CriticalD:
         probes=[dict(d=self._d(c), success=ok) for c, ok in sorted(state.outcomes, reverse=True)],
         certificate=None if critical not in margins else dict(
             witness=f"witnesses/{self.KEY}.npz", margin64=margins[critical]),
-        geometry=self.geometry.summary(f"witnesses/{self.GEOMETRY_WITNESS}.npz"))
+        geometry=self.geometric_bounds.summary(f"witnesses/{self.GEOMETRY_WITNESS}.npz"))
 
   def brackets(self, searches) -> str:
     r = self.report(searches, {})
@@ -183,7 +183,7 @@ class CriticalD:
   def write(self, store, searches, certified) -> None:
     store.write_critical_d(self.report(searches, certified))
     if not self._geometry_saved:  # it depends on the relevance alone: once per run
-      bounds = self.geometry
+      bounds = self.geometric_bounds
       store.write_witness(self.GEOMETRY_WITNESS, dict(
           queries=bounds.queries, documents=bounds.documents, relevance=self.relevance.table,
           d=bounds.upper, n=self.num_documents, margin64=bounds.margin64))
