@@ -102,10 +102,11 @@ def fit_qrels(argv) -> None:
         f"critical d = {report['critical_d']} (d = {report['critical_d']} trains every "
         f"relevant set, d = {report['critical_d'] - 1} does not)")
   bounds = report["geometry"]
-  print(f"geometry: {'exactly d = %d' % bounds['lower_d'] if bounds['exact'] else '%d <= d <= %d' % (bounds['lower_d'], bounds['upper_d'])}"
-        f" (d >= {bounds['lower_d']}: {bounds['lower_reason']}; d <= {bounds['upper_d']}: "
-        f"{bounds['upper_reason']}, witness {bounds['witness']} certified in float64, margin "
-        f"{bounds['margin64']:.3e})")
+  span = (f"exactly d = {bounds['lower_d']}" if bounds["exact"] else
+          f"{bounds['lower_d']} <= d <= {bounds['upper_d']}")
+  print(f"geometry: {span} (d >= {bounds['lower_d']}: {bounds['lower_reason']}; "
+        f"d <= {bounds['upper_d']}: {bounds['upper_reason']}, witness {bounds['witness']} "
+        f"certified in float64, margin {bounds['margin64']:.3e})")
 
 
 def status(argv) -> None:
@@ -163,8 +164,8 @@ def geometry_table(argv) -> None:
             for d in dims]
   except ValueError as error:
     _fail(error)
-  print(f"{'d':>3} {'k':>3} {'geometric critical n':>20} {'witness n':>9} {'margin (float64)':>16}"
-        f"  {'LP, every k-subset':<30} witness")
+  print(f"{'d':>3} {'k':>3} {'geometric critical n':>20} {'witness n':>9} "
+        f"{'margin (float64)':>16}  {'LP, every k-subset':<30} witness")
   for r in rows:
     lp = ("skipped (%d subsets)" % r["subsets"] if r["lp_margin"] is None else
           "all %d separable" % r["subsets"] if r["lp_margin"] > geometry.LP_TOLERANCE else
