@@ -55,7 +55,7 @@ def test_at_d_2_every_cyclic_order_of_g_plus_one_documents_fails(k):
       assert (margins.min() > geometry.LP_TOLERANCE) == separable, order
 
 
-@pytest.mark.parametrize("d, k", [(3, 2), (3, 3), (4, 3), (5, 3), (4, 4)])
+@pytest.mark.parametrize("d, k", [(3, 2), (3, 3), (4, 3), (5, 3), (4, 4), (4, 5)])
 def test_random_configurations_of_g_plus_one_documents_fail(d, k):
   n = geometry.critical_n(d, k) + 1
   rng = np.random.default_rng(d * 10 + k)
