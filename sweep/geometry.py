@@ -90,29 +90,37 @@ def two_simplices(p: int, d: int) -> np.ndarray:
   return documents
 
 
-def curve_queries(relevant_sets, n: int, d: int) -> np.ndarray:
-  """[len(relevant_sets), d] unit queries for documents_on_curve(n, d // 2, d).
+def _members(relevant: np.ndarray) -> np.ndarray:
+  """[q, r] the sorted document indices of a bool matrix [q, n] with r relevant per row."""
+  return np.nonzero(relevant)[1].reshape(len(relevant), -1)
+
+
+def curve_queries(relevant: np.ndarray, d: int) -> np.ndarray:
+  """[q, d] unit queries for documents_on_curve(n, d // 2, d); relevant is bool [q, n].
 
   Those documents form a floor(d/2)-neighbourly polytope: a set of at most d // 2 documents
   gets its own query (construct.queries_for_subsets); a larger one the negated query of its
   complement, which then scores lowest, so the set is on top.
   """
-  m = d // 2
-  queries = np.zeros((len(relevant_sets), d))
-  for row, relevant in enumerate(relevant_sets):
-    relevant = np.asarray(relevant)
-    if len(relevant) <= m:
-      queries[row] = construct.queries_for_subsets(relevant[None], n, d)[0]
+  n = relevant.shape[1]
+  queries = np.zeros((len(relevant), d))
+  sizes = relevant.sum(axis=1)
+  for size in np.unique(sizes):
+    rows = sizes == size
+    if size <= d // 2:
+      queries[rows] = construct.queries_for_subsets(_members(relevant[rows]), n, d)
     else:
-      complement = np.setdiff1d(np.arange(n), relevant)
-      queries[row] = -construct.queries_for_subsets(complement[None], n, d)[0]
+      queries[rows] = -construct.queries_for_subsets(_members(~relevant[rows]), n, d)
   return queries
 
 
-def _sum_queries(documents: np.ndarray, subsets: np.ndarray) -> np.ndarray:
-  """Unit queries along the sum of each set's documents: on a simplex, or on two centred
-  simplices in orthogonal subspaces, this scores the set strictly above the rest (README)."""
-  queries = documents[subsets].sum(axis=1)
+def sum_queries(relevant: np.ndarray, documents: np.ndarray) -> np.ndarray:
+  """[q, d] unit queries along the sum of each set's documents; relevant is bool [q, n].
+
+  On a regular simplex, or on two centred simplices in orthogonal subspaces, this scores the
+  set strictly above the rest, except for the two simplices themselves (README).
+  """
+  queries = relevant @ documents
   return queries / np.linalg.norm(queries, axis=1, keepdims=True)
 
 
@@ -139,20 +147,22 @@ def witness(d: int, k: int, n: int | None = None) -> tuple[np.ndarray, np.ndarra
     allowed = f"n >= k = {k}" if limit is None else f"{k} <= n <= G(d={d}, k={k}) = {limit}"
     raise ValueError(f"n={n} is out of range: need {allowed}")
   subsets = problems.colex_subsets(n, k)
+  relevant = np.zeros((len(subsets), n), bool)
+  relevant[np.arange(len(subsets))[:, None], subsets] = True
   if n == k:  # nothing competes: any documents, any query
     documents = np.tile(regular_simplex(1, d), (n, 1))
-    return _sum_queries(documents, subsets), documents
+    return sum_queries(relevant, documents), documents
   if n <= d + 1:
     documents = regular_simplex(n, d)
-    return _sum_queries(documents, subsets), documents
+    return sum_queries(relevant, documents), documents
   p = radon_split(d, k)
   if n == d + 2 and p is not None:
     documents = two_simplices(p, d)
-    return _sum_queries(documents, subsets), documents
+    return sum_queries(relevant, documents), documents
   documents = construct.documents_on_curve(n, min(k, d // 2), d)
   if 2 * k <= d:
     return construct.queries_for_subsets(subsets, n, d), documents
-  return curve_queries(subsets, n, d), documents
+  return curve_queries(relevant, d), documents
 
 
 # -- an exhaustive check that needs no queries ------------------------------------------------
@@ -304,14 +314,12 @@ def upper_witness(relevance) -> tuple[int, np.ndarray, np.ndarray, str]:
   width = int(np.minimum(sizes, n - sizes).max())
   if n - 1 <= 2 * width:
     documents = regular_simplex(n, n - 1)
-    queries = matrix @ documents
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    return n - 1, queries, documents, f"a regular simplex of the {n} documents"
+    return n - 1, sum_queries(matrix, documents), documents, (
+        f"a regular simplex of the {n} documents")
   d = 2 * width
   documents = construct.documents_on_curve(n, width, d)
-  queries = curve_queries([np.flatnonzero(row) for row in matrix], n, d)
-  return d, queries, documents, (f"2 x {width} (largest relevant set or complement): the "
-                                 f"trigonometric moment curve")
+  return d, curve_queries(matrix, d), documents, (
+      f"2 x {width} (largest relevant set or complement): the trigonometric moment curve")
 
 
 def dimension_bounds(relevance) -> DimensionBounds:
