@@ -29,6 +29,8 @@ import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 from numpy.polynomial import Polynomial  # noqa: E402
 
+from sweep import geometry  # noqa: E402
+
 CSV_NAME = "critical_n.csv"
 RESULTS_NAME = "results.jsonl"
 CONFIG_NAME = "config.json"
@@ -365,6 +367,20 @@ def _draw_workdir(ax, workdir: Path, rows: list[dict], color, degree: int, d_min
                              linewidth=1.5)
 
 
+def _draw_geometric_limit(ax, k: int, d_lo: int, d_hi: int) -> list:
+  """Geometry's own series for top-k: the exact G(d, k) where it is finite (d < 2k), and a
+  band from d = 2k on, where no n is too many. The measured curves sit below it."""
+  handles = []
+  finite = [(d, geometry.critical_n(d, k)) for d in range(max(d_lo, 1), min(d_hi, 2 * k - 1) + 1)]
+  if finite:
+    handles += ax.plot(*zip(*finite), "D--", color="black", markersize=4, linewidth=1,
+                       label=f"geometry (k = {k}): exact limit G(d, k)", zorder=2)
+  if d_hi >= 2 * k:
+    handles.append(ax.axvspan(max(2 * k, d_lo) - 0.5, d_hi + 0.5, color="0.85", alpha=0.5,
+                              zorder=0, label=f"geometry (k = {k}): no limit from d = 2k = {2 * k}"))
+  return handles
+
+
 def plot(
     workdirs: Sequence[str | os.PathLike],
     out_prefix: str | os.PathLike,
@@ -393,6 +409,9 @@ def plot(
     offset = 0.12 * (i - (len(workdirs) - 1) / 2)
     handles += _draw_workdir(ax, workdir, rows, colors[i % len(colors)], degree, d_min, log,
                              offset)
+  d_lo = min(r["d"] for rows in all_rows for r in rows)
+  for k in ks:
+    handles += _draw_geometric_limit(ax, k, d_lo, d_max)
 
   if log:
     ax.set_yscale("log")

@@ -14,6 +14,7 @@ from ml_collections import config_flags
 from sweep import config as config_lib
 from sweep import compilation, construct
 from sweep import driver as driver_lib
+from sweep import geometry
 from sweep.store import Store
 
 USAGE = """usage: sweep COMMAND [flags]
@@ -21,6 +22,7 @@ USAGE = """usage: sweep COMMAND [flags]
   sweep fit-qrels --qrels=PATH --workdir=DIR [--config=FILE] [--config.FIELD=VALUE ...]
   sweep status --workdir=DIR [--json]
   sweep verify WITNESS.npz
+  sweep geometry --k=K --dims=D1,D2,... [--n_unbounded=32] [--lp_max_subsets=2000]
   sweep plot --workdir=DIR [--workdir=DIR2 ...] [--degree=3] [--d_min=4] [--out=PATH] [--log]"""
 
 FLAGS = flags.FLAGS
@@ -90,7 +92,8 @@ def run(argv) -> None:
     critical = r["critical_n"] or (f"at least {r['lo']} (no failure up to max_n)"
                                    if r["done"] == "true" else "-")
     print(f"d={r['d']}: critical n = {critical} (largest success {r['max_success_n'] or '-'}, "
-          f"certified {r['critical_n_certified'] or '-'}, probes {r['probes']})")
+          f"certified {r['critical_n_certified'] or '-'}, probes {r['probes']}); "
+          f"geometry: {r['geometric_critical_n']}")
   _draw_figure(FLAGS.workdir)
 
 
@@ -105,6 +108,12 @@ def fit_qrels(argv) -> None:
   print(f"{report['source']}: {report['queries']} queries x {report['documents']} documents, "
         f"critical d = {report['critical_d']} (d = {report['critical_d']} trains every "
         f"relevant set, d = {report['critical_d'] - 1} does not)")
+  bounds = report["geometry"]
+  span = (f"exactly d = {bounds['lower_d']}" if bounds["exact"] else
+          f"{bounds['lower_d']} <= d <= {bounds['upper_d']}")
+  print(f"geometry: {span} (d >= {bounds['lower_d']}: {bounds['lower_reason']}; "
+        f"d <= {bounds['upper_d']}: {bounds['upper_reason']}, witness {bounds['witness']} "
+        f"certified in float64, margin {bounds['margin64']:.3e})")
 
 
 def status(argv) -> None:
@@ -155,7 +164,34 @@ def verify(argv) -> None:
   sys.exit(0 if ok else 1)
 
 
-COMMANDS = {"run": run, "fit-qrels": fit_qrels, "status": status, "verify": verify}
+def geometry_table(argv) -> None:
+  """The geometric critical n of each --dims for --k, each witness certified."""
+  del argv
+  try:
+    dims = [int(d) for d in FLAGS.dims]
+  except ValueError:
+    _fail(ValueError(f"--dims={','.join(FLAGS.dims)} is out of range: need integers >= 1"))
+  try:
+    rows = [geometry.certify_witness(d, FLAGS.k, FLAGS.n_unbounded, FLAGS.lp_max_subsets)
+            for d in dims]
+  except ValueError as error:
+    _fail(error)
+  print(f"{'d':>3} {'k':>3} {'geometric critical n':>20} {'witness n':>9} "
+        f"{'margin (float64)':>16}  {'LP, every k-subset':<30} witness")
+  for r in rows:
+    lp = ("skipped (%d subsets)" % r["subsets"] if r["lp_margin"] is None else
+          "all %d separable" % r["subsets"] if r["lp_margin"] > geometry.LP_TOLERANCE else
+          "NOT all separable")
+    margin = f"{r['margin64']:.3e}" if r["verified"] else "NOT verified"
+    print(f"{r['d']:>3} {r['k']:>3} {r['critical_n']:>20} {r['n']:>9} {margin:>16}  {lp:<30} "
+          f"{r['family']}")
+  failed = [r for r in rows if not r["verified"] or
+            (r["lp_margin"] is not None and r["lp_margin"] <= geometry.LP_TOLERANCE)]
+  sys.exit(1 if failed else 0)
+
+
+COMMANDS = {"run": run, "fit-qrels": fit_qrels, "status": status, "verify": verify,
+            "geometry": geometry_table}
 
 
 def run_main() -> None:
@@ -169,6 +205,13 @@ def run_main() -> None:
     return
   if command == "verify":
     app.run(verify)
+    return
+  if command == "geometry":
+    flags.DEFINE_integer("k", None, "Relevant documents per query.", required=True)
+    flags.DEFINE_list("dims", None, "Dimensions, e.g. 2,3,4,5.", required=True)
+    flags.DEFINE_integer("n_unbounded", 32, "Documents of the witness where d >= 2k (no limit).")
+    flags.DEFINE_integer("lp_max_subsets", 2000, "Run the LP check where C(n, k) is at most this.")
+    app.run(geometry_table)
     return
   flags.DEFINE_string("workdir", None, "The sweep's directory (results, checkpoints, figure).",
                       required=True)

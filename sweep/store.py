@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 CRITICAL_N_COLUMNS = ("d", "k", "critical_n", "max_success_n", "lo", "hi", "done", "probes",
-                      "critical_n_certified")
+                      "critical_n_certified", "geometric_critical_n")
 RESULT_KEY = ("d", "n", "k", "seed")
 _OBJECT_STORES = ("gs://", "s3://")
 # Fields that change how a sweep runs but not what it finds; a resumed run may change them.

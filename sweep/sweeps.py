@@ -15,7 +15,7 @@ import math
 
 from ml_collections import ConfigDict
 
-from sweep import batching, qrels, search
+from sweep import batching, geometry, qrels, search
 from sweep import trainer as T
 
 # The paper's fit of its Table 6 (k = 2), used to start each search near its boundary.
@@ -97,14 +97,16 @@ class CriticalN:
     """critical_n.csv: one row per d.
 
     critical_n_certified is the largest n whose success a float64 re-check certified and
-    whose n + 1 failed.
+    whose n + 1 failed; geometric_critical_n is what geometry allows at that d (G(d, k)).
     """
     rows = []
     for key, state in searches.items():
       failed = {n for n, ok in state.outcomes if not ok}
       proven = [n for n, _ in certified.get(key, []) if n + 1 in failed]
-      rows.append(dict(d=int(key.removeprefix("d=")), k=self.config.k, **search.summary(state),
-                       critical_n_certified=max(proven, default=None)))
+      d = int(key.removeprefix("d="))
+      rows.append(dict(d=d, k=self.config.k, **search.summary(state),
+                       critical_n_certified=max(proven, default=None),
+                       geometric_critical_n=geometry.critical_n_cell(d, self.config.k)))
     return rows
 
   def brackets(self, searches) -> str:
@@ -122,6 +124,7 @@ class CriticalD:
   """A fixed relevance matrix (a dataset's qrels): the smallest d at which it trains."""
 
   KEY = "qrels"
+  GEOMETRY_WITNESS = "geometry"  # witnesses/geometry.npz: the upper bound's construction
 
   def __init__(self, config: ConfigDict):
     self.config = config
@@ -129,6 +132,8 @@ class CriticalD:
     self.num_documents = self.relevance.num_documents
     if self.num_documents < 2:
       raise ValueError(f"{config.qrels}: needs at least 2 documents to search a dimension")
+    self.geometric_bounds = geometry.dimension_bounds(self.relevance)
+    self._geometry_saved = False
 
   def _d(self, coordinate: int) -> int:
     return self.num_documents - coordinate
@@ -152,8 +157,9 @@ class CriticalD:
                            seed=probe.seed, table=self.relevance.table, **_training(self.config))
 
   def report(self, searches, certified) -> dict:
-    """critical_d.json: the relevance source and shape, critical d, every probe, and the
-    float64 certificate of the success at critical d (its witness file and margin)."""
+    """critical_d.json: the relevance source and shape, critical d, every probe, the
+    float64 certificate of the success at critical d (its witness file and margin), and
+    the geometric bounds on d (sweep/geometry.py)."""
     state = searches[self.KEY]
     summary = search.summary(state)
     to_d = lambda c: None if c is None else self._d(c)
@@ -166,7 +172,8 @@ class CriticalD:
         bracket=[to_d(summary["hi"]), to_d(summary["lo"])], done=summary["done"],
         probes=[dict(d=self._d(c), success=ok) for c, ok in sorted(state.outcomes, reverse=True)],
         certificate=None if critical not in margins else dict(
-            witness=f"witnesses/{self.KEY}.npz", margin64=margins[critical]))
+            witness=f"witnesses/{self.KEY}.npz", margin64=margins[critical]),
+        geometry=self.geometric_bounds.summary(f"witnesses/{self.GEOMETRY_WITNESS}.npz"))
 
   def brackets(self, searches) -> str:
     r = self.report(searches, {})
@@ -175,6 +182,12 @@ class CriticalD:
 
   def write(self, store, searches, certified) -> None:
     store.write_critical_d(self.report(searches, certified))
+    if not self._geometry_saved:  # it depends on the relevance alone: once per run
+      bounds = self.geometric_bounds
+      store.write_witness(self.GEOMETRY_WITNESS, dict(
+          queries=bounds.queries, documents=bounds.documents, relevance=self.relevance.table,
+          d=bounds.upper, n=self.num_documents, margin64=bounds.margin64))
+      self._geometry_saved = True
 
 
 def for_config(config: ConfigDict):

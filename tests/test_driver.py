@@ -60,6 +60,7 @@ def test_exact_geometry_sweep_reports_3_and_4(tmp_path):
   assert driver.run(progress=lambda _: None)
   rows = {r["d"]: r for r in store.read_critical_n()}
   assert rows["2"]["critical_n"] == "3" and rows["3"]["critical_n"] == "4"
+  assert rows["2"]["geometric_critical_n"] == "3" and rows["3"]["geometric_critical_n"] == "4"
   assert all(r["done"] == "true" for r in rows.values())
 
 
@@ -238,8 +239,12 @@ def test_fit_qrels_command_prints_critical_d(tmp_path):
   out, err = process.communicate(timeout=300)
   assert process.returncode == 0, err
   assert "6 queries x 4 documents, critical d = 3" in out
+  assert "geometry: exactly d = 3" in out  # K4 is not a cycle; a tetrahedron fits it
   status = sweep("status", f"--workdir={tmp_path / 'w'}")
-  assert json.loads(status.communicate(timeout=60)[0])["critical_d"] == 3
+  report = json.loads(status.communicate(timeout=60)[0])
+  assert report["critical_d"] == 3 and report["geometry"]["upper_d"] == 3
+  verify = sweep("verify", str(tmp_path / "w" / report["geometry"]["witness"]))
+  assert "d=3, n=4, 6 queries: verified in float64" in verify.communicate(timeout=60)[0]
 
 
 def test_fit_qrels_rejects_a_bad_file_in_one_line(tmp_path):
