@@ -71,6 +71,13 @@ def environment() -> dict:
 # -- files --------------------------------------------------------------------------------
 
 
+def forget_listings(path) -> None:
+  """Drop this process's cached object-store listings (gcsfs keeps them): another process,
+  the writer or a run that holds the lease, may have written since."""
+  if is_object_store(path):
+    epath.backend.fsspec_backend.fs(str(path)).invalidate_cache()
+
+
 def write_bytes(path, data: bytes) -> None:
   """Replace `path` at once: a reader sees the old file or the new one, never half of one.
 
@@ -287,6 +294,7 @@ class WorkdirLock:
 def read_lock(path) -> dict | None:
   """The holder recorded in a lock file or lease, or None when there is none."""
   path = epath.Path(path)
+  forget_listings(path)
   try:
     text = path.read_text()
   except FileNotFoundError:
@@ -388,6 +396,7 @@ class Store:
   # -- results ----------------------------------------------------------------------------
 
   def _parts(self) -> list[epath.Path]:
+    forget_listings(self.workdir)
     if not self.results_parts.exists():
       return []
     return sorted(p for p in self.results_parts.iterdir() if p.name.endswith(".jsonl"))
@@ -445,6 +454,7 @@ class Store:
 
   def read_critical_n(self) -> list[dict]:
     """critical_n.csv with typed values (see parse_critical_n)."""
+    forget_listings(self.workdir)
     if not self.critical_n_path.exists():
       raise FileNotFoundError(f"{self.critical_n_path}: not found (is {self.workdir} a sweep "
                               f"workdir?)")
