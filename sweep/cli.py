@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import os
 import shlex
 import signal
@@ -97,7 +98,9 @@ def _sweep(config) -> Store | None:
     lost = lambda: lock is not None and lock.lost
     finished = driver.run(stop_requested=lambda: bool(stop) or lost(),
                           progress=print if writer else lambda _: None)
-  except (ValueError, FileNotFoundError, store_lib.CheckpointUnreadable) as error:
+  except OSError as error:  # e.g. an object store that cannot be reached
+    _fail(OSError(f"workdir {FLAGS.workdir}: {error}"))
+  except (ValueError, store_lib.CheckpointUnreadable) as error:
     _fail(error)
   finally:
     store.close()
@@ -160,7 +163,7 @@ def status(argv) -> None:
                        indent=2))
       return
     rows = store.read_critical_n()
-  except (ValueError, FileNotFoundError) as error:
+  except (ValueError, OSError) as error:
     _fail(error)
   if FLAGS.json:
     print(json.dumps({"configurations_finished": finished, "lock": holder, "searches": rows},
@@ -205,6 +208,8 @@ def run_main() -> None:
   if len(sys.argv) < 2 or sys.argv[1] not in (*COMMANDS, "plot"):
     sys.exit(USAGE)
   _command_line[:] = sys.argv
+  # gcsfs logs a traceback when a request runs out of retries; the command says it in one line.
+  std_logging.getLogger("gcsfs").setLevel(std_logging.CRITICAL)
   command = sys.argv.pop(1)
   if command == "plot":
     from plots import critical_n
