@@ -403,8 +403,10 @@ class Store:
 
   def read_results(self) -> list[dict]:
     """Every finished configuration's record, in the order written (either form)."""
-    if self.object_store:
-      return [r for part in self._parts()
+    if self.object_store:  # a whole results.jsonl object first: workdirs of older versions
+      forget_listings(self.workdir)
+      legacy = [self.results_path] if self.results_path.exists() else []
+      return [r for part in legacy + self._parts()
               for r in parse_records(part.read_text(), part, torn_tail_ok=False)]
     if not self.results_path.exists():
       return []
