@@ -181,7 +181,10 @@ class WorkdirLocked(RuntimeError):
 
 def _holder_text(holder: dict) -> str:
   started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(holder.get("started", 0)))
-  return f"pid {holder.get('pid')} on {holder.get('host')}, started {started}"
+  text = f"pid {holder.get('pid')} on {holder.get('host')}, started {started}"
+  if holder.get("expires", 0) > time.time():  # a lease: taken over once it runs out
+    text += f", lease renewed until {holder['expires'] - time.time():.0f} s from now"
+  return text
 
 
 def _process_alive(pid: int) -> bool:
@@ -222,8 +225,12 @@ class WorkdirLock:
   _renewer: threading.Thread | None = None
 
   def _record(self, now: float) -> dict:
-    return dict(pid=os.getpid(), host=socket.gethostname(), started=self._started,
-                token=self._token, renewed=now, expires=now + self.lease_seconds)
+    """The holder; a lease also says until when it holds (a lock file holds while flocked)."""
+    record = dict(pid=os.getpid(), host=socket.gethostname(), started=self._started,
+                  token=self._token)
+    if is_object_store(self.path):
+      record.update(renewed=now, expires=now + self.lease_seconds)
+    return record
 
   def acquire(self) -> str | None:
     """Hold the lock, or raise WorkdirLocked naming the holder. Returns a note when a lock
