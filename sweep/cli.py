@@ -39,7 +39,7 @@ def _draw_figure(workdir: str) -> None:
   from plots import critical_n  # matplotlib only where a figure is drawn
   try:
     critical_n.report([workdir])
-  except ValueError as error:
+  except (ValueError, OSError) as error:
     print(f"no figure yet: {error}")
 
 

@@ -185,6 +185,7 @@ class CriticalD:
 
   def write(self, store, searches, certified, nonfinite: frozenset = frozenset()) -> None:
     report = self.report(searches, certified)
+    report["status"] = "measured" if report["done"] else "open"
     deciding = report["bracket"][0]  # the largest d that failed
     if report["done"] and deciding is not None and (deciding, self.num_documents) in nonfinite:
       report.update(critical_d=None, certificate=None, status="nonfinite")
