@@ -70,8 +70,8 @@ def test_exact_geometry_sweep_reports_3_and_4(tmp_path):
                                          eval_every=50, chunk_evals=20), store)
   assert driver.run(progress=lambda _: None)
   rows = {r["d"]: r for r in store.read_critical_n()}
-  assert rows["2"]["critical_n"] == "3" and rows["3"]["critical_n"] == "4"
-  assert all(r["done"] == "true" for r in rows.values())
+  assert rows[2]["critical_n"] == 3 and rows[3]["critical_n"] == 4
+  assert all(r["done"] and r["status"] == "measured" for r in rows.values())
 
 
 def wait_for(predicate, process, timeout=120):
