@@ -123,16 +123,19 @@ def test_sigterm_prints_a_resume_command_that_runs(tmp_path):
 
 
 def test_a_second_run_on_a_busy_workdir_is_refused_naming_the_holder(tmp_path):
-  config_file = write_config_file(tmp_path / "tiny.py", dims=(2, 3), restarts=3)
+  config_file = write_config_file(tmp_path / "tiny.py")
   workdir = tmp_path / "w"
   first = sweep("run", f"--config={config_file}", f"--workdir={workdir}")
   wait_for(lambda: (workdir / "results.jsonl").exists(), first)
+  first.send_signal(signal.SIGSTOP)  # paused mid-run, so it surely holds the lock meanwhile
   second = sweep("run", f"--config={config_file}", f"--workdir={workdir}")
   _, err = second.communicate(timeout=120)
   status = sweep("status", f"--workdir={workdir}")
   status_out, status_err = status.communicate(timeout=120)
-  assert first.poll() is None, "the first run must still hold the lock for this test to mean anything"
-  first.communicate(timeout=300)
+  assert first.poll() is None
+  first.send_signal(signal.SIGCONT)
+  _, first_err = first.communicate(timeout=300)
+  assert first.returncode == 0, first_err
   assert second.returncode != 0
   assert err.strip().splitlines() == [err.strip()] and err.startswith("error: ")
   assert f"in use by another run (pid {first.pid} on " in err
