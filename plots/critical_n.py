@@ -1,9 +1,10 @@
 """Critical-n figure, polynomial fit and extrapolation table for finished sweeps.
 
-Reads `critical_n.csv` (and, when present, `results.jsonl` and `config.json`) from one or more
-sweep workdirs, fits critical n(d) with a least-squares polynomial as in Weller et al. 2025
-(Table 6, cubic over d >= 4), writes `fit.json` next to the data and draws the measured points
-against the paper's.
+Reads each workdir's critical_n.csv, results and config label through `sweep.store` (the one
+reader of those files, local or gs://), fits critical n(d) with a least-squares polynomial as
+in Weller et al. 2025 (Table 6, cubic over d >= 4), writes `fit.json` next to the data and
+draws the measured points against the paper's. A fit that falls anywhere up to the largest
+extrapolated d is not extrapolated.
 
   python -m plots.critical_n --workdir=/tmp/sweep [--workdir=/tmp/other] [--log]
 """
