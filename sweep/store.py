@@ -36,7 +36,7 @@ from etils import epath
 CRITICAL_N_COLUMNS = ("d", "k", "critical_n", "max_success_n", "lo", "hi", "done", "probes",
                       "critical_n_certified", "status")
 # Columns every critical_n.csv has had; later ones may be missing in an older workdir.
-_REQUIRED_COLUMNS = CRITICAL_N_COLUMNS[:8]
+_REQUIRED_COLUMNS = ("d", "k", "critical_n", "max_success_n", "lo", "hi", "done", "probes")
 _INT_COLUMNS = ("d", "k", "critical_n", "max_success_n", "lo", "hi", "critical_n_certified")
 RESULT_KEY = ("d", "n", "k", "seed")
 _OBJECT_STORES = ("gs://", "s3://")
