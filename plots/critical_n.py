@@ -1,9 +1,10 @@
 """Critical-n figure, polynomial fit and extrapolation table for finished sweeps.
 
-Reads `critical_n.csv` (and, when present, `results.jsonl` and `config.json`) from one or more
-sweep workdirs, fits critical n(d) with a least-squares polynomial as in Weller et al. 2025
-(Table 6, cubic over d >= 4), writes `fit.json` next to the data and draws the measured points
-against the paper's.
+Reads each workdir's critical_n.csv, results and config label through `sweep.store` (the one
+reader of those files, local or gs://), fits critical n(d) with a least-squares polynomial as
+in Weller et al. 2025 (Table 6, cubic over d >= 4), writes `fit.json` next to the data and
+draws the measured points against the paper's. A fit that falls anywhere up to the largest
+extrapolated d is not extrapolated.
 
   python -m plots.critical_n --workdir=/tmp/sweep [--workdir=/tmp/other] [--log]
 """
@@ -13,13 +14,11 @@ from __future__ import annotations
 import csv
 import dataclasses
 import importlib.resources
-import json
+import io
 import os
 import sys
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import matplotlib
 
@@ -30,15 +29,11 @@ from absl import flags  # noqa: E402
 from numpy.polynomial import Polynomial  # noqa: E402
 
 from sweep import geometry  # noqa: E402
+from sweep import store as store_lib  # noqa: E402
+from sweep.store import Store  # noqa: E402
 
 CSV_NAME = "critical_n.csv"
-RESULTS_NAME = "results.jsonl"
-CONFIG_NAME = "config.json"
 FIT_NAME = "fit.json"
-COLUMNS = ("d", "k", "critical_n", "max_success_n", "lo", "hi", "done", "probes")
-REQUIRED_INTS = ("d", "k")
-OPTIONAL_INTS = ("critical_n", "max_success_n", "lo", "hi")
-RESULT_KEYS = ("d", "n", "k", "seed", "success")
 EXTRAPOLATION_DIMS = (512, 768, 1024, 3072, 4096)
 PAPER_DEGREE, PAPER_D_MIN = 3, 4
 SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
@@ -59,100 +54,13 @@ class Fit:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading a workdir
+# Reading a workdir (through sweep.store, the one reader of each of its files)
 # ---------------------------------------------------------------------------------------------
 
 
-def _parse_int(path: Path, line: int, column: str, text: str, optional: bool) -> int | None:
-  """Integer cell; an empty optional cell is None (an open search has no answer yet)."""
-  text = (text or "").strip()
-  if not text and optional:
-    return None
-  try:
-    return int(text)
-  except ValueError:
-    raise ValueError(
-        f"{path}: line {line}: column {column!r} is not an integer: {text!r}") from None
-
-
-def _parse_bool(path: Path, line: int, column: str, text: str) -> bool:
-  value = (text or "").strip().lower()
-  if value not in ("true", "false"):
-    raise ValueError(f"{path}: line {line}: column {column!r} is not true/false: {text!r}")
-  return value == "true"
-
-
-def read_critical_n(workdir: str | os.PathLike) -> list[dict]:
-  """Rows of WORKDIR/critical_n.csv with typed values, so callers never re-validate.
-
-  Integer columns become int (None where empty), `done` a bool, `probes` stays as written.
-  """
-  path = Path(workdir) / CSV_NAME
-  if not path.is_file():
-    raise FileNotFoundError(f"{path}: not found (is {workdir} a sweep workdir?)")
-  try:
-    with path.open(newline="") as f:
-      reader = csv.DictReader(f)
-      if reader.fieldnames is None:
-        raise ValueError(f"{path}: empty file, expected header {','.join(COLUMNS)}")
-      missing = [c for c in COLUMNS if c not in reader.fieldnames]
-      if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
-      rows = []
-      for raw in reader:
-        line = reader.line_num
-        if None in raw or any(raw[c] is None for c in COLUMNS):
-          raise ValueError(f"{path}: line {line}: wrong number of fields")
-        row = {c: _parse_int(path, line, c, raw[c], optional=False) for c in REQUIRED_INTS}
-        row |= {c: _parse_int(path, line, c, raw[c], optional=True) for c in OPTIONAL_INTS}
-        row["done"] = _parse_bool(path, line, "done", raw["done"])
-        row["probes"] = raw["probes"]
-        rows.append(row)
-  except csv.Error as e:
-    raise ValueError(f"{path}: malformed CSV: {e}") from None
-  return rows
-
-
-def read_label(workdir: str | os.PathLike) -> str:
-  """Series label: config.json's "label" when set, else the workdir's name."""
-  workdir = Path(workdir)
-  path = workdir / CONFIG_NAME
-  if path.is_file():
-    try:
-      config = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path}: invalid JSON: {e}") from None
-    label = config.get("config", {}).get("label") if isinstance(config, dict) else None
-    if isinstance(label, str) and label:
-      return label
-  return workdir.resolve().name
-
-
-def read_results(workdir: str | os.PathLike) -> list[dict]:
-  """Records of WORKDIR/results.jsonl, or [] when there is none.
-
-  A final line without its newline is skipped if it does not parse: a running sweep may be
-  appending it right now.
-  """
-  path = Path(workdir) / RESULTS_NAME
-  if not path.is_file():
-    return []
-  text = path.read_text()
-  lines = text.split("\n")
-  records = []
-  for number, line in enumerate(lines, start=1):
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      if number == len(lines):
-        continue
-      raise ValueError(f"{path}: line {number}: invalid JSON: {e}") from None
-    if not isinstance(record, dict) or any(key not in record for key in RESULT_KEYS):
-      raise ValueError(f"{path}: line {number}: expected an object with {', '.join(RESULT_KEYS)}")
-    records.append(record)
-  return records
+def read_critical_n(workdir) -> list[dict]:
+  """Typed rows of WORKDIR/critical_n.csv (local or gs://)."""
+  return Store(str(workdir), writer=False).read_critical_n()
 
 
 def restart_spread(records: Iterable[dict]) -> dict[tuple[int, int], tuple[int, int]]:
@@ -222,10 +130,11 @@ def fit_polynomial(d, critical_n, degree: int = 3, d_min: int = 4, source: str =
   )
 
 
-def fit_workdir(workdir: str | os.PathLike, degree: int = 3, d_min: int = 4) -> Fit:
+def fit_workdir(workdir, degree: int = 3, d_min: int = 4) -> Fit:
   """Fit of a workdir's finished dimensions; errors name its critical_n.csv."""
   d, n = finished_points(read_critical_n(workdir))
-  return fit_polynomial(d, n, degree=degree, d_min=d_min, source=str(Path(workdir) / CSV_NAME))
+  return fit_polynomial(d, n, degree=degree, d_min=d_min,
+                        source=str(Store(str(workdir)).critical_n_path))
 
 
 def paper_fit() -> Fit:
@@ -235,6 +144,26 @@ def paper_fit() -> Fit:
       [r["d"] for r in rows], [r["critical_n"] for r in rows], PAPER_DEGREE, PAPER_D_MIN,
       source="paper_table6.csv",
   )
+
+
+def measured_range(fit: Fit) -> tuple[int, int]:
+  return fit.points[0][0], fit.points[-1][0]
+
+
+def extrapolation_refusal(fit: Fit, dims: Sequence[int] = EXTRAPOLATION_DIMS) -> str | None:
+  """Why `fit` must not be extrapolated to `dims`, or None when it may be.
+
+  Critical n grows with d, so a fit that falls anywhere between its last measured d and the
+  largest d asked for predicts nonsense there (a negative cubic term gives negative n).
+  """
+  d_max = measured_range(fit)[1]
+  grid = np.arange(d_max, max(dims) + 1)
+  falling = grid[1:][np.diff(fit(grid)) <= 0]
+  if not len(falling):
+    return None
+  return (f"the fit decreases from d = {falling[0] - 1} on (d^{fit.degree} coefficient "
+          f"{fit.coefficients[-1]:.3g}), so its values at d = {min(dims)} … {max(dims)} "
+          f"would be nonsense")
 
 
 def extrapolate(fit: Fit, dims: Sequence[int] = EXTRAPOLATION_DIMS) -> dict[int, float]:
@@ -248,26 +177,29 @@ def extrapolate(fit: Fit, dims: Sequence[int] = EXTRAPOLATION_DIMS) -> dict[int,
 
 
 def fit_to_dict(fit: Fit, dims: Sequence[int] = EXTRAPOLATION_DIMS) -> dict:
-  """JSON-ready form of a fit with its extrapolations (keys are strings, as JSON needs)."""
+  """JSON-ready form of a fit with its extrapolations (keys are strings, as JSON needs).
+
+  `extrapolation` is null when the fit may not be extrapolated (`extrapolation_refused` says
+  why); `paper_extrapolation` is the paper's fit at the same d, for comparison.
+  """
+  refusal = extrapolation_refusal(fit, dims)
+  as_json = lambda f: {str(d): n for d, n in extrapolate(f, dims).items()}
   return {
       "degree": fit.degree,
       "coefficients": list(fit.coefficients),
       "r2": fit.r2,
       "d_min": fit.d_min,
+      "measured_d": list(measured_range(fit)),
       "points": [list(p) for p in fit.points],
-      "extrapolation": {str(d): n for d, n in extrapolate(fit, dims).items()},
+      "extrapolation": None if refusal else as_json(fit),
+      "extrapolation_refused": refusal,
+      "paper_extrapolation": as_json(paper_fit()),
   }
 
 
-def write_fit_json(workdir: str | os.PathLike, fit: Fit) -> Path:
-  """Write WORKDIR/fit.json atomically, so a reader never sees half a file."""
-  path = Path(workdir) / FIT_NAME
-  with tempfile.NamedTemporaryFile(
-      "w", dir=path.parent, prefix=".fit.", suffix=".tmp", delete=False) as f:
-    json.dump(fit_to_dict(fit), f, indent=2)
-    f.write("\n")
-  os.replace(f.name, path)
-  return path
+def write_fit_json(workdir, fit: Fit):
+  """Write WORKDIR/fit.json at once (through the store), so a reader never sees half a file."""
+  return Store(str(workdir)).write_json(FIT_NAME, fit_to_dict(fit))
 
 
 def format_equation(fit: Fit) -> str:
@@ -284,17 +216,25 @@ def format_equation(fit: Fit) -> str:
 
 
 def format_fit_table(fit: Fit, dims: Sequence[int] = EXTRAPOLATION_DIMS) -> str:
-  """Coefficients, r² and extrapolations as a plain-text table for the terminal."""
+  """Coefficients, r² and extrapolations beside the paper fit's, for the terminal."""
+  low, high = measured_range(fit)
   lines = [
-      f"degree-{fit.degree} fit over {len(fit.points)} finished dimensions (d >= {fit.d_min})",
+      f"degree-{fit.degree} fit over {len(fit.points)} finished dimensions, measured "
+      f"d = {low} … {high}",
       f"  {'term':<6}{'coefficient':>16}",
   ]
   for power, c in enumerate(fit.coefficients):
     lines.append(f"  {'d^' + str(power):<6}{c:>16.6g}")
   lines.append(f"  {'r²':<6}{fit.r2:>16.6f}")
-  lines.append(f"  {'d':<6}{'predicted n':>16}")
-  for d, n in extrapolate(fit, dims).items():
-    lines.append(f"  {d:<6}{n:>16,.0f}")
+  paper = extrapolate(paper_fit(), dims)
+  refusal = extrapolation_refusal(fit, dims)
+  if refusal:
+    lines.append(f"  not extrapolated: {refusal}")
+    lines.append(f"  {'d':<6}{'paper fit':>16}")
+    lines += [f"  {d:<6}{paper[d]:>16,.0f}" for d in paper]
+  else:
+    lines.append(f"  {'d':<6}{'predicted n':>16}{'paper fit':>16}")
+    lines += [f"  {d:<6}{n:>16,.0f}{paper[d]:>16,.0f}" for d, n in extrapolate(fit, dims).items()]
   return "\n".join(lines)
 
 
@@ -321,21 +261,22 @@ def _open_brackets(rows: Iterable[dict]) -> list[tuple[int, int, int]]:
   )
 
 
-def _draw_workdir(ax, workdir: Path, rows: list[dict], color, degree: int, d_min: int,
+def _draw_workdir(ax, store: Store, rows: list[dict], color, degree: int, d_min: int,
                   log: bool, offset: float = 0.0) -> list:
-  """One sweep: finished points, their spread over restarts, open brackets and its fit.
+  """One sweep: finished points, their spread over restarts, open brackets, searches whose
+  deciding probe went non-finite (at that probe's n, no critical n) and its fit.
 
   Markers sit `offset` to the side of their d, so overlaid sweeps with equal values stay
   visible. Returns the legend handles in that order, so each sweep's entries stay together.
   """
-  label = read_label(workdir)
+  label = store.label()
   handles = []
   d, n = finished_points(rows)
   if len(d):
     handles += ax.plot(d + offset, n, "o", color=color, markersize=4, label=f"{label}: measured", zorder=3)
 
   ks = {r["k"] for r in rows}
-  spread = restart_spread(read_results(workdir))
+  spread = restart_spread(store.read_results())
   spans = sorted((d_, lo, hi) for (d_, k), (lo, hi) in spread.items() if k in ks and hi > lo)
   if spans:
     sd, slo, shi = (np.array(v, dtype=float) for v in zip(*spans))
@@ -343,12 +284,17 @@ def _draw_workdir(ax, workdir: Path, rows: list[dict], color, degree: int, d_min
                                alpha=0.7, capsize=2, elinewidth=1,
                                label=f"{label}: min–max over restarts"))
 
-  bounds = sorted((r["d"], r["lo"]) for r in rows
-                  if r["done"] and r["critical_n"] is None and r["lo"] is not None)
+  bounds = sorted((r["d"], r["lo"]) for r in rows if r["status"] == "ceiling")
   if bounds:
     bd, bn = (np.array(v, dtype=float) for v in zip(*bounds))
     handles += ax.plot(bd + offset, bn, "^", color=color, mfc="white", markersize=6, zorder=3,
                        label=f"{label}: no failure up to max_n (a lower bound)")
+
+  unmeasured = sorted((r["d"], r["hi"]) for r in rows if r["status"] == "nonfinite")
+  if unmeasured:
+    ud, un = (np.array(v, dtype=float) for v in zip(*unmeasured))
+    handles += ax.plot(ud + offset, un, "X", color="red", mec=color, markersize=7, zorder=3,
+                       label=f"{label}: loss went NaN/inf at this n, no critical n")
 
   brackets = _open_brackets(rows)
   if brackets:
@@ -387,14 +333,15 @@ def plot(
     degree: int = 3,
     d_min: int = 4,
     log: bool = False,
-) -> list[Path]:
-  """Measured critical n per d for each workdir over the paper's Table 6; writes .png and .pdf.
+) -> list[str]:
+  """Measured critical n per d for each workdir over the paper's Table 6; writes .png and .pdf
+  (through the store, so a gs:// prefix works too).
 
   Each sweep's fit is drawn only over its own dimensions; the paper's table and cubic are
   drawn over the measured range of d (plus a little), so small sweeps stay readable.
   """
-  workdirs = [Path(w) for w in workdirs]
-  all_rows = [read_critical_n(w) for w in workdirs]
+  stores = [Store(str(w), writer=False) for w in workdirs]
+  all_rows = [store.read_critical_n() for store in stores]
   d_max = max(r["d"] for rows in all_rows for r in rows) + 2
   paper = [r for r in read_paper_table6() if r["d"] <= d_max]
   ks = sorted({r["k"] for rows in all_rows for r in rows})
@@ -405,9 +352,9 @@ def plot(
   handles += _draw_fit(ax, paper_fit(), d_max, log, "paper", color="0.6", linestyle=":",
                        linewidth=1.5)
   colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-  for i, (workdir, rows) in enumerate(zip(workdirs, all_rows)):
-    offset = 0.12 * (i - (len(workdirs) - 1) / 2)
-    handles += _draw_workdir(ax, workdir, rows, colors[i % len(colors)], degree, d_min, log,
+  for i, (store, rows) in enumerate(zip(stores, all_rows)):
+    offset = 0.12 * (i - (len(stores) - 1) / 2)
+    handles += _draw_workdir(ax, store, rows, colors[i % len(colors)], degree, d_min, log,
                              offset)
   d_lo = min(r["d"] for rows in all_rows for r in rows)
   for k in ks:
@@ -423,11 +370,11 @@ def plot(
             frameon=False)
   fig.tight_layout()
 
-  out_prefix = Path(out_prefix)
-  out_prefix.parent.mkdir(parents=True, exist_ok=True)
-  paths = [out_prefix.with_name(out_prefix.name + ext) for ext in (".png", ".pdf")]
+  paths = [f"{out_prefix}{ext}" for ext in (".png", ".pdf")]
   for path in paths:
-    fig.savefig(path, dpi=150, bbox_inches="tight")
+    image = io.BytesIO()
+    fig.savefig(image, format=path.rsplit(".", 1)[1], dpi=150, bbox_inches="tight")
+    store_lib.write_bytes(path, image.getvalue())
   plt.close(fig)
   return paths
 
@@ -457,7 +404,7 @@ def report(
     degree: int = 3,
     d_min: int = 4,
     log: bool = False,
-) -> list[Path]:
+) -> list[str]:
   """Fit each workdir, print its table, write its fit.json, then draw them all together.
 
   A single sweep must have enough finished dimensions for its fit; in an overlay, a sweep
@@ -469,20 +416,20 @@ def report(
     except ValueError as error:
       if len(workdirs) == 1:
         raise
-      print(f"{read_label(workdir)} ({workdir}): drawn without a fit: {error}")
+      print(f"{Store(str(workdir)).label()} ({workdir}): drawn without a fit: {error}")
       continue
-    print(f"{read_label(workdir)} ({workdir})")
+    print(f"{Store(str(workdir)).label()} ({workdir})")
     print(format_fit_table(fit))
     print(f"  wrote {write_fit_json(workdir, fit)}")
   if out_prefix is None:
-    out_prefix = Path(workdirs[0]) / "critical_n"
+    out_prefix = Store(str(workdirs[0])).workdir / "critical_n"
   paths = plot(workdirs, out_prefix, degree=degree, d_min=d_min, log=log)
   for path in paths:
     print(f"wrote {path}")
   return paths
 
 
-def main(argv: Sequence[str]) -> list[Path]:
+def main(argv: Sequence[str]) -> list[str]:
   """CLI: argv[0] is the program name, the rest are flags; errors exit with one line."""
   flag_values = define_flags(flags.FlagValues())
   if any(a in ("-h", "--help", "-help") for a in argv[1:]):

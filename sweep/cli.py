@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import os
+import shlex
 import signal
 import sys
+import time
 
 import numpy as np
 from absl import app, flags, logging
@@ -15,6 +18,7 @@ from sweep import config as config_lib
 from sweep import compilation, construct
 from sweep import driver as driver_lib
 from sweep import geometry
+from sweep import store as store_lib
 from sweep.store import Store
 
 USAGE = """usage: sweep COMMAND [flags]
@@ -26,6 +30,7 @@ USAGE = """usage: sweep COMMAND [flags]
   sweep plot --workdir=DIR [--workdir=DIR2 ...] [--degree=3] [--d_min=4] [--out=PATH] [--log]"""
 
 FLAGS = flags.FLAGS
+_command_line: list[str] = []  # the command as typed, subcommand included, for "resume with"
 
 
 def _fail(error: Exception) -> None:
@@ -36,7 +41,7 @@ def _draw_figure(workdir: str) -> None:
   from plots import critical_n  # matplotlib only where a figure is drawn
   try:
     critical_n.report([workdir])
-  except ValueError as error:
+  except (ValueError, OSError) as error:
     print(f"no figure yet: {error}")
 
 
@@ -51,6 +56,34 @@ def _start_processes() -> bool:
   return True
 
 
+def _hold_workdir(store: Store, writer: bool) -> store_lib.WorkdirLock | None:
+  """The writer (process 0) locks the workdir for the whole run; the other processes only
+  learn whether it did, so a refused run stops everywhere with one line."""
+  import jax
+  lock, refusal = None, None
+  if writer:
+    try:
+      lock = store.lock()
+    except store_lib.WorkdirLocked as error:
+      refusal = error
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    held = multihost_utils.broadcast_one_to_all(np.int32(lock is not None))
+    if not held and refusal is None:
+      refusal = store_lib.WorkdirLocked(f"process 0 could not lock {store.workdir}")
+  if refusal is not None:
+    _fail(refusal)
+  return lock
+
+
+def resume_command() -> str:
+  """The command that started this run, runnable as printed (`python -m` runs included)."""
+  main = sys.modules["__main__"]
+  spec = getattr(main, "__spec__", None)
+  program = [sys.executable, "-m", spec.name] if spec is not None else [_command_line[0]]
+  return shlex.join(program + _command_line[1:])
+
+
 def _sweep(config) -> Store | None:
   """Run (or resume) the sweep of `config` in --workdir; None if a signal stopped it."""
   logging.set_verbosity(logging.WARNING)  # progress lines are printed; library chatter is not
@@ -61,24 +94,34 @@ def _sweep(config) -> Store | None:
   store = Store(FLAGS.workdir, writer=writer)
   compilation.enable_cache()
   compiles = compilation.count()
+  lock = None
   try:
     driver = driver_lib.Driver(config, store)
+    lock = _hold_workdir(store, writer)
     store.claim(config.to_dict())
-    finished = driver.run(stop_requested=lambda: bool(stop),
+    lost = lambda: lock is not None and lock.lost
+    finished = driver.run(stop_requested=lambda: bool(stop) or lost(),
                           progress=print if writer else lambda _: None)
-    if writer and config.protocol != "construction":
+    if writer and finished and config.protocol != "construction":
       stats = driver.stats()
       print(f"slot occupancy {stats['slot_occupancy']:.0%} (slot-steps of running configurations "
             f"/ slot-steps computed), padding efficiency {stats['padding_efficiency']:.0%} (real / "
             f"padded cells of those steps); {compiles.summary()}")
-  except (ValueError, FileNotFoundError) as error:
+  except OSError as error:  # e.g. an object store that cannot be reached
+    _fail(OSError(f"workdir {FLAGS.workdir}: {error}"))
+  except (ValueError, store_lib.CheckpointUnreadable) as error:
     _fail(error)
   finally:
     store.close()
+    if lock is not None:
+      lock.release()
   if not finished:
+    if lost():
+      _fail(RuntimeError(f"another run took over {store.workdir}; this one stopped after a "
+                         f"checkpoint"))
     if writer:
       print(f"stopped by signal {stop[0]} after a checkpoint; resume with the same command: "
-            f"{' '.join(sys.argv)}")
+            f"{resume_command()}")
     return None
   return store if writer else None
 
@@ -89,8 +132,12 @@ def run(argv) -> None:
   if store is None:
     return
   for r in store.read_critical_n():
-    critical = r["critical_n"] or (f"at least {r['lo']} (no failure up to max_n)"
-                                   if r["done"] == "true" else "-")
+    if r["status"] == "nonfinite":
+      print(f"d={r['d']}: no critical n: the deciding probe n={r['hi']} ended with a NaN or "
+            f"inf loss (stop_reason nonfinite in results.jsonl), so nothing was measured")
+      continue
+    critical = {"measured": r["critical_n"], "open": "-",
+                "ceiling": f"at least {r['lo']} (no failure up to max_n)"}[r["status"]]
     print(f"d={r['d']}: critical n = {critical} (largest success {r['max_success_n'] or '-'}, "
           f"certified {r['critical_n_certified'] or '-'}, probes {r['probes']}); "
           f"geometry: {r['geometric_critical_n']}")
@@ -105,8 +152,12 @@ def fit_qrels(argv) -> None:
   if store is None:
     return
   report = store.read_critical_d()
-  print(f"{report['source']}: {report['queries']} queries x {report['documents']} documents, "
-        f"critical d = {report['critical_d']} (d = {report['critical_d']} trains every "
+  shape = f"{report['source']}: {report['queries']} queries x {report['documents']} documents"
+  if report.get("status") == "nonfinite":
+    print(f"{shape}, no critical d: the deciding probe d={report['bracket'][0]} ended with a "
+          f"NaN or inf loss, so nothing was measured")
+    return
+  print(f"{shape}, critical d = {report['critical_d']} (d = {report['critical_d']} trains every "
         f"relevant set, d = {report['critical_d'] - 1} does not)")
   bounds = report["geometry"]
   span = (f"exactly d = {bounds['lower_d']}" if bounds["exact"] else
@@ -118,21 +169,27 @@ def fit_qrels(argv) -> None:
 
 def status(argv) -> None:
   del argv
-  store = Store(FLAGS.workdir)
+  store = Store(FLAGS.workdir, writer=False)  # reads only: works while a run holds the lock
   try:
     finished = len(store.load_results())
-    if (store.workdir / "critical_d.json").exists():
+    holder = store.holder()
+    if store.has_critical_d():
       report = store.read_critical_d()
-      print(json.dumps({"configurations_finished": finished, **report}, indent=2))
+      print(json.dumps({"configurations_finished": finished, "lock": holder, **report},
+                       indent=2))
       return
     rows = store.read_critical_n()
-  except (ValueError, FileNotFoundError) as error:
+  except (ValueError, OSError) as error:
     _fail(error)
   if FLAGS.json:
-    print(json.dumps({"configurations_finished": finished, "efficiency": store.read_stats(),
-                      "searches": rows}, indent=2))
+    print(json.dumps({"configurations_finished": finished, "lock": holder,
+                      "efficiency": store.read_stats(), "searches": rows}, indent=2))
     return
   print(f"{store.workdir}: {finished} configurations finished")
+  if holder is not None:
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(holder["started"]))
+    print(f"locked by pid {holder['pid']} on {holder['host']} since {since}"
+          + ("" if holder["running"] else " (no longer running: the next run takes it over)"))
   stats = store.read_stats()
   if stats:
     print(f"slot occupancy {stats['slot_occupancy']:.0%}, padding efficiency "
@@ -142,8 +199,7 @@ def status(argv) -> None:
   for r in rows:
     bracket = f"[{r['lo']}, {r['hi'] or '?'}]"
     print(f"{r['d']:>4} {r['k']:>3} {bracket:>12} {r['critical_n'] or '-':>10} "
-          f"{r['max_success_n'] or '-':>11} {r['probes']:>6}  "
-          f"{'done' if r['done'] == 'true' else 'open'}")
+          f"{r['max_success_n'] or '-':>11} {r['probes']:>6}  {r['status']}")
 
 
 def verify(argv) -> None:
@@ -198,6 +254,9 @@ def run_main() -> None:
   """Console entry point: the first argument picks the command."""
   if len(sys.argv) < 2 or sys.argv[1] not in (*COMMANDS, "plot"):
     sys.exit(USAGE)
+  _command_line[:] = sys.argv
+  # gcsfs logs a traceback when a request runs out of retries; the command says it in one line.
+  std_logging.getLogger("gcsfs").setLevel(std_logging.CRITICAL)
   command = sys.argv.pop(1)
   if command == "plot":
     from plots import critical_n

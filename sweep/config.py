@@ -5,6 +5,8 @@ This file is also the default `--config` of the CLI: `get_config()` returns the 
 
 from __future__ import annotations
 
+import math
+
 from ml_collections import ConfigDict
 
 from sweep import objective
@@ -12,7 +14,7 @@ from sweep import trainer as T
 
 
 def default_config() -> ConfigDict:
-  """Every config field with the reference protocol's values (PROTOCOL.md)."""
+  """Every config field with the reference protocol's values (docs/PROTOCOL.md)."""
   return ConfigDict(dict(
       dims=(4, 5, 6), k=2, restarts=1, seed=42, learning_rate=0.01, temperature=0.1,
       loss="code", optimizer="adam", max_steps=100_000, patience=1000, min_delta=1e-5,
@@ -53,6 +55,11 @@ def validate_config(config: ConfigDict) -> None:
                          ("start_window", 0)):
     value = config[field]
     _check(isinstance(value, int) and value >= minimum, field, value, f"an integer >= {minimum}")
+  for field, default in default_config().items():
+    if isinstance(default, float):  # inf or NaN would train to nonsense (or never stop)
+      value = config[field]
+      _check(isinstance(value, (int, float)) and math.isfinite(value), field, value,
+             "a finite number")
   for field in ("learning_rate", "temperature", "memory_budget_mb", "checkpoint_every_s"):
     _check(config[field] > 0, field, config[field], "> 0")
   _check(config.min_delta >= 0, "min_delta", config.min_delta, ">= 0")

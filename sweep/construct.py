@@ -3,7 +3,7 @@
 The paper's critical n is the largest n its optimiser manages to fit. It is not a limit of
 the geometry: in d >= 2k, n documents at equally spaced angles on the trigonometric moment
 curve form a k-neighbourly polytope, and for every k-subset S there is a query whose exact
-top-k is S, for every n (PROTOCOL.md, "Exact geometry"). The only limit is floating point:
+top-k is S, for every n (docs/PROTOCOL.md, "Exact geometry"). The only limit is floating point:
 the retrieval margin shrinks like (2*pi/n)^(2k), so in float32 the witnesses stop verifying at
 a modest n, and in float64 far later. This module builds the witnesses with numpy alone (no
 solver, no training), verifies them in a chosen dtype and measures that floating-point limit.

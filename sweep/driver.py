@@ -274,7 +274,12 @@ class Driver:
       if len(successes) == self.config.restarts:
         s.searches[key] = search.record(s.searches[key], coordinate, any(successes))
     self.store.append_results(records)
-    self.sweep.write(self.store, s.searches, s.certified)
+    self.sweep.write(self.store, s.searches, s.certified, self._nonfinite())
+
+  def _nonfinite(self) -> frozenset[tuple[int, int]]:
+    """(d, n) of every point with a restart whose loss went NaN or inf: not a measured failure."""
+    return frozenset((r["d"], r["n"]) for r in self.results.values()
+                     if r["stop_reason"] == "nonfinite")
 
   def _certify(self, key, coordinate, margin64, probe, queries, documents, table) -> None:
     """Note a certified success; the search's most demanding one is kept as its witness."""
@@ -360,7 +365,7 @@ class Driver:
         return False
       if due:
         self.checkpoint()
-    self.sweep.write(self.store, self.state.searches, self.state.certified)
+    self.sweep.write(self.store, self.state.searches, self.state.certified, self._nonfinite())
     self.checkpoint()
     return True
 

@@ -31,7 +31,7 @@ def masked_scores(queries, documents, document_mask):
 
 def infonce_loss(queries, documents, relevance, num_queries, num_documents, temperature,
                  form: str = "code"):
-  """InfoNCE over all documents at the given temperature (PROTOCOL.md).
+  """InfoNCE over all documents at the given temperature (docs/PROTOCOL.md).
 
   code form: mean over (query, relevant document) pairs of -log softmax, as the reference
   script computes it. paper form: -log of the summed softmax mass of a query's relevant

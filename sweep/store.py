@@ -1,20 +1,32 @@
-"""Everything a sweep writes: config.json, results.jsonl, critical_n.csv and checkpoints.
+"""Everything a sweep writes and reads: config.json, results, tables, figures, the lock and
+checkpoints.
 
-The only module that touches the disk. Results are appended and flushed one line per
-finished configuration; tables are replaced atomically; checkpoints are orbax's (atomic,
-the last two kept). A resumed sweep replays from its checkpoint, so a configuration whose
-line is already in results.jsonl is not written again.
+The only module that touches the disk or an object store (a workdir may be any epath, e.g.
+gs://). Results are appended one batch of lines per harvest: to results.jsonl on a local disk,
+as one object per batch under results/ on an object store (objects cannot be appended to,
+and rewriting the whole file per batch would grow quadratically); readers merge either form.
+Tables and figures are replaced atomically; checkpoints are orbax's (the last two kept). Every
+JSON line is strict JSON: a non-finite float is written as null. A resumed sweep replays from
+its checkpoint, so a configuration already in the results is not written again.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import fcntl
 import importlib.metadata
 import io
 import json
 import logging
+import math
+import os
 import platform
+import socket
 import sys
+import threading
+import time
+import uuid
 
 import jax
 import numpy as np
@@ -22,15 +34,28 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 CRITICAL_N_COLUMNS = ("d", "k", "critical_n", "max_success_n", "lo", "hi", "done", "probes",
-                      "critical_n_certified", "geometric_critical_n")
+                      "critical_n_certified", "geometric_critical_n", "status")
+# Columns every critical_n.csv has had; later ones may be missing in an older workdir.
+_REQUIRED_COLUMNS = ("d", "k", "critical_n", "max_success_n", "lo", "hi", "done", "probes")
+_INT_COLUMNS = ("d", "k", "critical_n", "max_success_n", "lo", "hi", "critical_n_certified")
 RESULT_KEY = ("d", "n", "k", "seed")
 _OBJECT_STORES = ("gs://", "s3://")
 # Fields that change how a sweep runs but not what it finds; a resumed run may change them.
 RUN_ONLY_FIELDS = ("checkpoint_every_s", "label")
+LOCK_NAME = "lock.json"
+LEASE_SECONDS = 120.0  # an object-store lease not renewed for this long is taken over
+RESTORE_TRIES = 3
+# Status codes of errors that say the store, not the checkpoint, failed (tensorstore, gRPC).
+_TRANSIENT_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED",
+                    "CANCELLED", "UNAUTHENTICATED", "PERMISSION_DENIED")
 
 
 def result_key(record: dict) -> tuple:
   return tuple(record[field] for field in RESULT_KEY)
+
+
+def is_object_store(path) -> bool:
+  return str(path).startswith(_OBJECT_STORES)
 
 
 def environment() -> dict:
@@ -43,26 +68,304 @@ def environment() -> dict:
           "device_count": jax.device_count()}
 
 
-def _atomic_write_text(path: epath.Path, text: str) -> None:
+# -- files --------------------------------------------------------------------------------
+
+
+def forget_listings(path) -> None:
+  """Drop this process's cached object-store listings (gcsfs keeps them): another process,
+  the writer or a run that holds the lease, may have written since."""
+  if is_object_store(path):
+    epath.backend.fsspec_backend.fs(str(path)).invalidate_cache()
+
+
+def write_bytes(path, data: bytes) -> None:
+  """Replace `path` at once: a reader sees the old file or the new one, never half of one.
+
+  An object write is atomic by itself; a local file is written beside and renamed (with the
+  process's usual file mode, like every other output).
+  """
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  if is_object_store(path):
+    path.write_bytes(data)
+    return
   temporary = path.parent / f".{path.name}.tmp"
-  temporary.write_text(text)
+  temporary.write_bytes(data)
   temporary.replace(path)
+
+
+def write_text(path, text: str) -> None:
+  write_bytes(path, text.encode())
+
+
+def strict_json(value) -> str:
+  """One line of strict JSON: NaN and ±inf become null (jq, JSON.parse and Go reject them)."""
+  finite = {key: None if isinstance(v, float) and not math.isfinite(v) else v
+            for key, v in value.items()}
+  return json.dumps(finite, sort_keys=True, allow_nan=False)
+
+
+def parse_records(text: str, source, torn_tail_ok: bool) -> list[dict]:
+  """JSON lines of `source`; a last line without its newline is skipped if `torn_tail_ok`
+  (a writer killed mid-line, or one appending right now); any other bad line is an error."""
+  lines = text.split("\n")
+  records = []
+  for number, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as error:
+      if number == len(lines) and torn_tail_ok:
+        continue
+      raise ValueError(f"{source}: line {number}: invalid JSON: {error}") from None
+    if not isinstance(record, dict) or any(key not in record for key in RESULT_KEY):
+      raise ValueError(f"{source}: line {number}: expected an object with "
+                       f"{', '.join(RESULT_KEY)}")
+    records.append(record)
+  return records
+
+
+def _typed_cell(source, line: int, column: str, text: str):
+  text = (text or "").strip()
+  if column == "done":
+    if text.lower() not in ("true", "false"):
+      raise ValueError(f"{source}: line {line}: column 'done' is not true/false: {text!r}")
+    return text.lower() == "true"
+  if column not in _INT_COLUMNS:
+    return text
+  if not text and column not in ("d", "k"):
+    return None  # an open search has no answer yet
+  try:
+    return int(text)
+  except ValueError:
+    raise ValueError(f"{source}: line {line}: column {column!r} is not an integer: "
+                     f"{text!r}") from None
+
+
+def _derived_status(row: dict) -> str:
+  """The status of a row written before critical_n.csv had that column."""
+  if not row["done"]:
+    return "open"
+  return "measured" if row["critical_n"] is not None else "ceiling"
+
+
+def parse_critical_n(text: str, source) -> list[dict]:
+  """critical_n.csv rows with typed values: ints (None where empty), `done` a bool."""
+  try:
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames is None:
+      raise ValueError(f"{source}: empty file, expected header {','.join(CRITICAL_N_COLUMNS)}")
+    missing = [c for c in _REQUIRED_COLUMNS if c not in reader.fieldnames]
+    if missing:
+      raise ValueError(f"{source}: missing column(s) {', '.join(missing)}")
+    rows = []
+    for raw in reader:
+      if None in raw or any(raw[c] is None for c in reader.fieldnames):
+        raise ValueError(f"{source}: line {reader.line_num}: wrong number of fields")
+      row = {c: _typed_cell(source, reader.line_num, c, raw[c]) for c in reader.fieldnames}
+      row.setdefault("critical_n_certified", None)
+      row["status"] = row.get("status") or _derived_status(row)
+      rows.append(row)
+  except csv.Error as error:
+    raise ValueError(f"{source}: malformed CSV: {error}") from None
+  return rows
+
+
+# -- the lock -----------------------------------------------------------------------------
+
+
+class WorkdirLocked(RuntimeError):
+  """Another run holds the workdir."""
+
+
+def _holder_text(holder: dict) -> str:
+  started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(holder.get("started", 0)))
+  text = f"pid {holder.get('pid')} on {holder.get('host')}, started {started}"
+  if holder.get("expires", 0) > time.time():  # a lease: taken over once it runs out
+    text += f", lease renewed until {holder['expires'] - time.time():.0f} s from now"
+  return text
+
+
+def _process_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def _holder_gone(holder: dict, now: float) -> bool:
+  """A holder that cannot be running: its lease ran out, or its process on this host died."""
+  if holder.get("expires", math.inf) < now:
+    return True
+  return holder.get("host") == socket.gethostname() and not _process_alive(holder["pid"])
+
+
+@dataclasses.dataclass
+class WorkdirLock:
+  """One writer per workdir.
+
+  On a local disk, WORKDIR/lock.json is held with flock (the kernel drops the lock when its
+  process dies, so a lock left by a killed run is simply taken over) and names its holder. On
+  an object store it is a lease object the holder renews every LEASE_SECONDS / 4; a lease not
+  renewed for LEASE_SECONDS, or held by a dead process on this host, is taken over. An object
+  store has no atomic create here, so two runs starting within a second of each other are
+  told apart by reading the lease back after writing it.
+  """
+  path: epath.Path
+  lease_seconds: float = LEASE_SECONDS
+  lost: bool = False  # another run took the lease over: this one must stop writing
+  _started: float = 0.0
+  _token: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
+  _file: object = None
+  _stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+  _renewer: threading.Thread | None = None
+
+  def _record(self, now: float) -> dict:
+    """The holder; a lease also says until when it holds (a lock file holds while flocked)."""
+    record = dict(pid=os.getpid(), host=socket.gethostname(), started=self._started,
+                  token=self._token)
+    if is_object_store(self.path):
+      record.update(renewed=now, expires=now + self.lease_seconds)
+    return record
+
+  def acquire(self) -> str | None:
+    """Hold the lock, or raise WorkdirLocked naming the holder. Returns a note when a lock
+    left by a run that is gone was taken over."""
+    self._started = time.time()
+    previous = read_lock(self.path)
+    if is_object_store(self.path):
+      self._acquire_lease(previous)
+    else:
+      self._acquire_file(previous)
+    if previous:
+      return f"took over the lock of {_holder_text(previous)}, which is no longer running"
+    return None
+
+  def _refuse(self, holder: dict) -> None:
+    raise WorkdirLocked(f"{self.path.parent} is in use by another run ({_holder_text(holder)}); "
+                        f"wait for it to finish or stop it (lock {self.path})")
+
+  def _acquire_file(self, previous: dict | None) -> None:
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    self._file = open(self.path, "a+")
+    try:
+      fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      self._file.close()
+      self._refuse(read_lock(self.path) or {})
+    self._file.truncate(0)
+    self._file.write(json.dumps(self._record(time.time())) + "\n")
+    self._file.flush()
+
+  def _acquire_lease(self, previous: dict | None) -> None:
+    if previous and not _holder_gone(previous, time.time()):
+      self._refuse(previous)
+    self.path.write_text(json.dumps(self._record(time.time())))
+    time.sleep(1.0)  # a run that wrote at the same moment has written by now
+    current = read_lock(self.path)
+    if current is None or current.get("token") != self._token:
+      self._refuse(current or {})
+    self._renewer = threading.Thread(target=self._renew, daemon=True)
+    self._renewer.start()
+
+  def _renew(self) -> None:
+    while not self._stop.wait(self.lease_seconds / 4):
+      try:
+        current = read_lock(self.path)
+        if current is None or current.get("token") != self._token:
+          logging.error("the lease %s was taken over by %s; stopping", self.path,
+                        _holder_text(current or {}))
+          self.lost = True
+          return
+        self.path.write_text(json.dumps(self._record(time.time())))
+      except OSError as error:  # a hiccup: the lease lasts 4 renewals
+        logging.warning("could not renew the lease %s: %s", self.path, error)
+
+  def release(self) -> None:
+    if self._renewer is not None:
+      self._stop.set()
+      self._renewer.join()
+      current = read_lock(self.path)
+      if current and current.get("token") == self._token:
+        self.path.unlink()
+    if self._file is not None:
+      # Emptied, not removed: a run that opened the file just now must flock this same file.
+      self._file.truncate(0)
+      self._file.close()
+
+
+def read_lock(path) -> dict | None:
+  """The holder recorded in a lock file or lease, or None when there is none."""
+  path = epath.Path(path)
+  forget_listings(path)
+  try:
+    text = path.read_text()
+  except FileNotFoundError:
+    return None
+  try:
+    return json.loads(text) if text.strip() else None
+  except json.JSONDecodeError:
+    return None  # a lease half-written by a killed run holds nothing
+
+
+# -- checkpoints --------------------------------------------------------------------------
+
+
+def _is_transient(error: Exception) -> bool:
+  """An error of the store (network, quota, permission), not of the checkpoint's bytes."""
+  if isinstance(error, (OSError, TimeoutError)) and not isinstance(
+      error, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+    return True
+  return any(code in str(error) for code in _TRANSIENT_CODES)
+
+
+def _first_line(error: Exception) -> str:
+  return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+
+
+class CheckpointUnreadable(RuntimeError):
+  """A checkpoint could not be read for a reason other than its own bytes."""
 
 
 class Store:
   """One sweep's workdir (a local path or any epath, e.g. gs://).
 
   In a multi-process run every process reads and checkpoints, but only the writer
-  (process 0) writes results, tables, witnesses and config.json.
+  (process 0) writes results, tables, witnesses and config.json, and holds the lock.
   """
 
   def __init__(self, workdir: str, writer: bool = True):
     self.workdir = epath.Path(workdir)
     self.writer = writer
+    self.object_store = is_object_store(workdir)
     self.results_path = self.workdir / "results.jsonl"
+    self.results_parts = self.workdir / "results"
     self.critical_n_path = self.workdir / "critical_n.csv"
     self.config_path = self.workdir / "config.json"
+    self.lock_path = self.workdir / LOCK_NAME
     self._checkpoints: ocp.CheckpointManager | None = None
+    self._next_part: int | None = None
+
+  # -- the lock ---------------------------------------------------------------------------
+
+  def lock(self) -> WorkdirLock:
+    """The workdir's lock, held (raises WorkdirLocked naming the holder otherwise)."""
+    lock = WorkdirLock(self.lock_path)
+    note = lock.acquire()
+    if note:
+      logging.warning("%s", note)
+    return lock
+
+  def holder(self) -> dict | None:
+    """Who holds the lock now, with `running` False for a lock its holder left behind."""
+    holder = read_lock(self.lock_path)
+    if holder is None:
+      return None
+    return {**holder, "running": not _holder_gone(holder, time.time())}
 
   # -- config -----------------------------------------------------------------------------
 
@@ -79,16 +382,42 @@ class Store:
             f"(use a new --workdir, or the same values)")
     if not self.writer:
       return
-    self.workdir.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(self.config_path, json.dumps(
+    write_text(self.config_path, json.dumps(
         {"config": config, "environment": environment()}, indent=2, sort_keys=True) + "\n")
 
   def read_config(self) -> dict:
     if not self.config_path.exists():
       raise FileNotFoundError(f"{self.config_path} does not exist: not a sweep workdir")
-    return json.loads(self.config_path.read_text())["config"]
+    try:
+      return json.loads(self.config_path.read_text())["config"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+      raise ValueError(f"{self.config_path}: not a sweep config: {error}") from None
+
+  def label(self) -> str:
+    """The series name in figures: config.json's label when set, else the workdir's name."""
+    label = self.read_config().get("label") if self.config_path.exists() else None
+    if isinstance(label, str) and label:
+      return label
+    return (self.workdir if self.object_store else self.workdir.resolve()).name
 
   # -- results ----------------------------------------------------------------------------
+
+  def _parts(self) -> list[epath.Path]:
+    forget_listings(self.workdir)
+    if not self.results_parts.exists():
+      return []
+    return sorted(p for p in self.results_parts.iterdir() if p.name.endswith(".jsonl"))
+
+  def read_results(self) -> list[dict]:
+    """Every finished configuration's record, in the order written (either form)."""
+    if self.object_store:  # a whole results.jsonl object first: workdirs of older versions
+      forget_listings(self.workdir)
+      legacy = [self.results_path] if self.results_path.exists() else []
+      return [r for part in legacy + self._parts()
+              for r in parse_records(part.read_text(), part, torn_tail_ok=False)]
+    if not self.results_path.exists():
+      return []
+    return parse_records(self.results_path.read_text(), self.results_path, torn_tail_ok=True)
 
   def load_results(self, repair: bool = False) -> dict[tuple, dict]:
     """Finished configurations by (d, n, k, seed).
@@ -96,28 +425,29 @@ class Store:
     A torn last line (a kill mid-write) is skipped; the run that resumes (repair=True) also
     cuts it from the file. Readers such as `sweep status` never write.
     """
-    if not self.results_path.exists():
-      return {}
-    text = self.results_path.read_text()
-    lines = text.split("\n")
-    complete, torn = lines[:-1], lines[-1]
-    if torn and repair and self.writer:
-      logging.warning("dropping a partial last line of %s", self.results_path)
-      self.results_path.write_text("".join(line + "\n" for line in complete))
-    return {result_key(r): r for r in map(json.loads, filter(None, complete))}
+    if repair and self.writer and not self.object_store and self.results_path.exists():
+      text = self.results_path.read_text()
+      complete, torn = text.rsplit("\n", 1) if "\n" in text else ("", text)
+      if torn:
+        logging.warning("dropping a partial last line of %s", self.results_path)
+        self.results_path.write_text(complete + "\n" if complete else "")
+    return {result_key(r): r for r in self.read_results()}
 
   def append_results(self, records: list[dict]) -> None:
     if not (records and self.writer):
       return
-    lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
-    if str(self.workdir).startswith(_OBJECT_STORES):
-      # Object stores cannot append; a whole-object write replaces the file at once.
-      previous = self.results_path.read_text() if self.results_path.exists() else ""
-      self.results_path.write_text(previous + lines)
+    lines = "".join(strict_json(r) + "\n" for r in records)
+    if self.object_store:
+      if self._next_part is None:
+        self._next_part = 1 + max((int(p.name.split(".")[0]) for p in self._parts()), default=-1)
+      write_text(self.results_parts / f"{self._next_part:08d}.jsonl", lines)
+      self._next_part += 1
       return
     with self.results_path.open("a") as f:
       f.write(lines)
       f.flush()
+
+  # -- tables, reports, witnesses, figures ------------------------------------------------
 
   def write_critical_n(self, rows: list[dict]) -> None:
     if not self.writer:
@@ -129,11 +459,19 @@ class Store:
       writer.writerow({key: "" if row[key] is None else
                        str(row[key]).lower() if isinstance(row[key], bool) else row[key]
                        for key in CRITICAL_N_COLUMNS})
-    _atomic_write_text(self.critical_n_path, buffer.getvalue())
+    write_text(self.critical_n_path, buffer.getvalue())
+
+  def read_critical_n(self) -> list[dict]:
+    """critical_n.csv with typed values (see parse_critical_n)."""
+    forget_listings(self.workdir)
+    if not self.critical_n_path.exists():
+      raise FileNotFoundError(f"{self.critical_n_path}: not found (is {self.workdir} a sweep "
+                              f"workdir?)")
+    return parse_critical_n(self.critical_n_path.read_text(), self.critical_n_path)
 
   def write_critical_d(self, report: dict) -> None:
     if self.writer:
-      _atomic_write_text(self.workdir / "critical_d.json", json.dumps(report, indent=2) + "\n")
+      self.write_json("critical_d.json", report)
 
   def read_critical_d(self) -> dict:
     path = self.workdir / "critical_d.json"
@@ -141,38 +479,41 @@ class Store:
       raise FileNotFoundError(f"{path} does not exist: no qrels fit has run there")
     return json.loads(path.read_text())
 
+  def has_critical_d(self) -> bool:
+    return (self.workdir / "critical_d.json").exists()
+
+  def write_json(self, name: str, data: dict) -> epath.Path:
+    """WORKDIR/NAME as indented strict JSON, replaced at once."""
+    path = self.workdir / name
+    write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+    return path
+
   def write_witness(self, name: str, arrays: dict) -> None:
     """witnesses/NAME.npz: embeddings that retrieve every relevant set, for `sweep verify`."""
     if not self.writer:
       return
-    folder = self.workdir / "witnesses"
-    folder.mkdir(parents=True, exist_ok=True)
-    temporary = folder / f".{name}.tmp.npz"
-    with temporary.open("wb") as f:
-      np.savez(f, **arrays)
-    temporary.replace(folder / f"{name}.npz")
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_bytes(self.workdir / "witnesses" / f"{name}.npz", buffer.getvalue())
 
   def write_stats(self, stats: dict) -> None:
     """run_stats.json: the sweep's efficiency figures so far (slot occupancy, padding)."""
     if self.writer:
-      _atomic_write_text(self.workdir / "run_stats.json", json.dumps(stats, indent=2) + "\n")
+      self.write_json("run_stats.json", stats)
 
   def read_stats(self) -> dict | None:
+    forget_listings(self.workdir)
     path = self.workdir / "run_stats.json"
     return json.loads(path.read_text()) if path.exists() else None
-
-  def read_critical_n(self) -> list[dict]:
-    if not self.critical_n_path.exists():
-      raise FileNotFoundError(f"{self.critical_n_path} does not exist: no sweep has run there")
-    return list(csv.DictReader(io.StringIO(self.critical_n_path.read_text())))
 
   # -- checkpoints ------------------------------------------------------------------------
 
   @property
   def checkpoints(self) -> ocp.CheckpointManager:
     if self._checkpoints is None:
+      directory = self.workdir / "checkpoints"
       self._checkpoints = ocp.CheckpointManager(
-          (self.workdir / "checkpoints").resolve(),
+          directory if self.object_store else directory.resolve(),
           options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False),
           item_names=("train", "driver"))
     return self._checkpoints
@@ -186,26 +527,47 @@ class Store:
         force=True)
     self.checkpoints.wait_until_finished()
 
-  def restore_checkpoint(self, abstract_train_state):
+  def _restore(self, step: int, abstract_train_state):
+    driver = self.checkpoints.restore(step, args=ocp.args.Composite(
+        driver=ocp.args.JsonRestore()))["driver"]
+    train = self.checkpoints.restore(step, args=ocp.args.Composite(
+        train=ocp.args.StandardRestore(abstract_train_state(driver))))["train"]
+    return step, train, driver
+
+  def restore_checkpoint(self, abstract_train_state, retry_seconds: float = 1.0):
     """(step, train_state, driver_state) of the newest readable checkpoint, or None.
 
     `abstract_train_state(driver_state)` gives the target structure (and sharding) for the
-    train state, which depends on the bucket recorded in the driver state. A corrupt or
-    partial newest checkpoint is reported and the previous one is used.
+    train state, which depends on the bucket recorded in the driver state. Nothing good is
+    ever deleted: an error of the store (network, quota) is retried RESTORE_TRIES times and
+    then raised as CheckpointUnreadable; only a checkpoint whose own bytes fail every try is
+    proven corrupt, moved aside to WORKDIR/checkpoint-STEP.corrupt, and the previous one used.
     """
     for step in sorted(self.checkpoints.all_steps(), reverse=True):
-      try:
-        driver = self.checkpoints.restore(step, args=ocp.args.Composite(
-            driver=ocp.args.JsonRestore()))["driver"]
-        train = self.checkpoints.restore(step, args=ocp.args.Composite(
-            train=ocp.args.StandardRestore(abstract_train_state(driver))))["train"]
-        return step, train, driver
-      except Exception as error:  # any unreadable checkpoint: fall back to the previous one
-        logging.warning("checkpoint %d in %s is unreadable (%s: %s); deleting it and trying "
-                        "the previous one", step, self.workdir, type(error).__name__,
-                        str(error).split("\n")[0])
-        self.checkpoints.delete(step)
+      for attempt in range(RESTORE_TRIES):
+        try:
+          return self._restore(step, abstract_train_state)
+        except Exception as error:  # classified below: transient, or this checkpoint's bytes
+          last = error
+          if attempt + 1 < RESTORE_TRIES:
+            time.sleep(retry_seconds * 2**attempt)
+      if _is_transient(last):
+        raise CheckpointUnreadable(
+            f"checkpoint {step} in {self.workdir} could not be read after {RESTORE_TRIES} tries "
+            f"({_first_line(last)}); nothing was moved or deleted, rerun when the store is "
+            f"reachable") from last
+      if self.writer:
+        self._set_aside(step, last)
     return None
+
+  def _set_aside(self, step: int, error: Exception) -> None:
+    aside = self.workdir / f"checkpoint-{step}.corrupt"
+    if aside.exists():
+      aside = self.workdir / f"checkpoint-{step}.corrupt-{int(time.time())}"
+    logging.warning("checkpoint %d in %s is corrupt (%s); moved to %s, trying the previous one",
+                    step, self.workdir, _first_line(error), aside)
+    (self.workdir / "checkpoints" / str(step)).rename(aside)
+    self.checkpoints.reload()
 
   def close(self) -> None:
     if self._checkpoints is not None:

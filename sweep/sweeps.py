@@ -93,20 +93,30 @@ class CriticalN:
                            warm_noise=c.warm_noise if c.protocol == "warm" else None,
                            **_training(c))
 
-  def rows(self, searches: dict[str, search.SearchState], certified: dict) -> list[dict]:
+  def rows(self, searches: dict[str, search.SearchState], certified: dict,
+           nonfinite: frozenset = frozenset()) -> list[dict]:
     """critical_n.csv: one row per d.
 
     critical_n_certified is the largest n whose success a float64 re-check certified and
     whose n + 1 failed; geometric_critical_n is what geometry allows at that d (G(d, k)).
+    status: open, measured, ceiling (no failure up to max_n), or nonfinite: the failure that
+    decides the boundary had a restart whose loss went NaN or inf (a `nonfinite` (d, n)
+    point), so nothing was measured and no critical n is given.
     """
     rows = []
     for key, state in searches.items():
+      d = int(key.removeprefix("d="))
       failed = {n for n, ok in state.outcomes if not ok}
       proven = [n for n, _ in certified.get(key, []) if n + 1 in failed]
-      d = int(key.removeprefix("d="))
-      rows.append(dict(d=d, k=self.config.k, **search.summary(state),
-                       critical_n_certified=max(proven, default=None),
-                       geometric_critical_n=geometry.critical_n_cell(d, self.config.k)))
+      row = dict(d=d, k=self.config.k, **search.summary(state),
+                 critical_n_certified=max(proven, default=None),
+                 geometric_critical_n=geometry.critical_n_cell(d, self.config.k))
+      row["status"] = ("open" if not row["done"] else
+                       "ceiling" if row["hi"] is None else
+                       "nonfinite" if (d, row["hi"]) in nonfinite else "measured")
+      if row["status"] == "nonfinite":
+        row["critical_n"] = row["critical_n_certified"] = None
+      rows.append(row)
     return rows
 
   def brackets(self, searches) -> str:
@@ -116,8 +126,8 @@ class CriticalN:
         f"d={r['d']}:[{r['lo']},{r['hi'] if r['hi'] is not None else '?'}]"
         for r in self.rows(searches, {}))
 
-  def write(self, store, searches, certified) -> None:
-    store.write_critical_n(self.rows(searches, certified))
+  def write(self, store, searches, certified, nonfinite: frozenset = frozenset()) -> None:
+    store.write_critical_n(self.rows(searches, certified, nonfinite))
 
 
 class CriticalD:
@@ -180,8 +190,13 @@ class CriticalD:
     return (f"critical d = {r['critical_d']}" if r["done"] else
             f"d in [{r['bracket'][0] or '?'}, {r['bracket'][1]}]")
 
-  def write(self, store, searches, certified) -> None:
-    store.write_critical_d(self.report(searches, certified))
+  def write(self, store, searches, certified, nonfinite: frozenset = frozenset()) -> None:
+    report = self.report(searches, certified)
+    report["status"] = "measured" if report["done"] else "open"
+    deciding = report["bracket"][0]  # the largest d that failed
+    if report["done"] and deciding is not None and (deciding, self.num_documents) in nonfinite:
+      report.update(critical_d=None, certificate=None, status="nonfinite")
+    store.write_critical_d(report)
     if not self._geometry_saved:  # it depends on the relevance alone: once per run
       bounds = self.geometric_bounds
       store.write_witness(self.GEOMETRY_WITNESS, dict(

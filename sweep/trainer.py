@@ -47,7 +47,7 @@ def _optimizer_factory(name: str):
 
 @dataclasses.dataclass(frozen=True)
 class TrainSettings:
-  """The static part of the protocol; defaults are the reference's (PROTOCOL.md)."""
+  """The static part of the protocol; defaults are the reference's (docs/PROTOCOL.md)."""
   loss: str = "code"
   optimizer: str = "adam"
   max_steps: int = 100_000

@@ -79,4 +79,5 @@ def test_construction_protocol_needs_no_training(tmp_path):
   assert all(r["stop_step"] == 0 and r["stop_reason"] == "construction" for r in records)
   assert all(r["success"] and r["certified"] for r in records)
   row = store.read_critical_n()[0]
-  assert row["done"] == "true" and row["critical_n"] == "" and row["lo"] == "60"
+  assert row["done"] is True and row["critical_n"] is None and row["lo"] == 60
+  assert row["status"] == "ceiling"

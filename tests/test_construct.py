@@ -53,7 +53,7 @@ def test_verify_margin_edge_cases():
 
 def test_float32_limit_is_finite_where_float64_still_verifies():
   limit = construct.largest_verified_n(2, np.float32)
-  assert 100 <= limit <= 200  # 164 when measured; PROTOCOL.md: around 100 to 200 for d = 4
+  assert 100 <= limit <= 200  # 164 when measured; docs/PROTOCOL.md: around 100 to 200 for d = 4
   relevance = problems.colex_subsets(limit + 1, 2)
   assert construct.verify(*construct.construction(limit, 2, dtype=np.float32),
                           problems.colex_subsets(limit, 2))[0]

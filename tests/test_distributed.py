@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from sweep.store import read_lock
 from test_driver import uninterrupted, wait_for, write_config_file
 
 DIMS = (2, 3, 4)
@@ -59,6 +60,8 @@ def test_two_processes_write_one_results_file(tmp_path, reference):
   processes = [sweep([f"--config={config}", f"--workdir={workdir}", "--multihost",
                       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
                       f"--process_id={i}"]) for i in range(2)]
+  wait_for(lambda: (workdir / "results.jsonl").exists(), processes[0])
+  assert read_lock(workdir / "lock.json")["pid"] == processes[0].pid  # process 0 holds it
   outs = [finish(p) for p in processes]
   assert "critical n" in outs[0] and "critical n" not in outs[1]  # process 0 alone reports
   assert outcomes(workdir) == reference

@@ -1,6 +1,8 @@
 """The sweep driver, store and CLI end to end on tiny configurations."""
 
 import json
+import math
+import shlex
 import signal
 import subprocess
 import sys
@@ -38,9 +40,18 @@ def sweep(*args, **kwargs):
                           stderr=subprocess.PIPE, text=True, **kwargs)
 
 
-def results_without_timing(workdir):
+def refuse_non_finite(token):
+  raise ValueError(f"not strict JSON: {token}")
+
+
+def strict_records(workdir):
+  """results.jsonl parsed as jq or JSON.parse would: NaN and Infinity are errors."""
   lines = (workdir / "results.jsonl").read_text().splitlines()
-  records = [json.loads(line) for line in lines]
+  return [json.loads(line, parse_constant=refuse_non_finite) for line in lines]
+
+
+def results_without_timing(workdir):
+  records = strict_records(workdir)
   for r in records:
     r.pop("wall_seconds")
   return sorted(records, key=lambda r: (r["d"], r["n"], r["seed"]))
@@ -59,9 +70,9 @@ def test_exact_geometry_sweep_reports_3_and_4(tmp_path):
                                          eval_every=50, chunk_evals=20), store)
   assert driver.run(progress=lambda _: None)
   rows = {r["d"]: r for r in store.read_critical_n()}
-  assert rows["2"]["critical_n"] == "3" and rows["3"]["critical_n"] == "4"
-  assert rows["2"]["geometric_critical_n"] == "3" and rows["3"]["geometric_critical_n"] == "4"
-  assert all(r["done"] == "true" for r in rows.values())
+  assert rows[2]["critical_n"] == 3 and rows[3]["critical_n"] == 4
+  assert rows[2]["geometric_critical_n"] == "3" and rows[3]["geometric_critical_n"] == "4"
+  assert all(r["done"] and r["status"] == "measured" for r in rows.values())
 
 
 def wait_for(predicate, process, timeout=120):
@@ -72,10 +83,10 @@ def wait_for(predicate, process, timeout=120):
     time.sleep(0.05)
 
 
-def interrupt_and_resume(tmp_path, signum, finished_lines):
-  """Run the tiny sweep in a subprocess, send `signum` once results.jsonl has enough lines,
-  resume it, and check the outcome equals an uninterrupted run's. Returns both runs' stdout."""
-  expected = uninterrupted(tmp_path / "reference")
+def interrupt(tmp_path, signum, finished_lines):
+  """Run the tiny sweep in a subprocess and send `signum` once results.jsonl has enough
+  lines. Returns the workdir, the run's arguments, return code and stdout, and whether its
+  critical_n.csv still had an open search when it stopped."""
   workdir = tmp_path / "interrupted"
   args = ["run", f"--config={write_config_file(tmp_path / 'tiny.py')}", f"--workdir={workdir}"]
   results = workdir / "results.jsonl"
@@ -83,30 +94,58 @@ def interrupt_and_resume(tmp_path, signum, finished_lines):
   wait_for(lambda: results.exists() and len(results.read_text().splitlines()) >= finished_lines,
            process)
   process.send_signal(signum)
-  interrupted_out, err = process.communicate(timeout=120)
+  out, _ = process.communicate(timeout=120)
   unfinished = "false" in (workdir / "critical_n.csv").read_text()
-  checkpointed = driver_lib.Driver(tiny_config(), Store(str(workdir)))
-  live_buckets = len(checkpointed.state.buckets) if checkpointed.restore() else 0
-  resumed = sweep(*args)
-  resumed_out, err = resumed.communicate(timeout=300)
-  assert resumed.returncode == 0, err
-  assert (results_without_timing(workdir), (workdir / "critical_n.csv").read_text()) == expected
-  return process.returncode, interrupted_out, resumed_out, unfinished, live_buckets
+  return workdir, args, process.returncode, out, unfinished
 
 
 def test_sigkill_at_any_moment_then_resume_equals_uninterrupted(tmp_path):
-  _, _, resumed_out, _, live_buckets = interrupt_and_resume(tmp_path, signal.SIGKILL,
-                                                            finished_lines=6)
-  assert "resumed" in resumed_out
-  assert live_buckets >= 2  # the checkpoint it resumed from held several buckets
+  expected = uninterrupted(tmp_path / "reference")
+  workdir, args, returncode, _, unfinished = interrupt(tmp_path, signal.SIGKILL, finished_lines=6)
+  assert returncode == -signal.SIGKILL and unfinished  # the kill cut a running sweep short
+  checkpointed = driver_lib.Driver(tiny_config(), Store(str(workdir)))
+  assert checkpointed.restore() and len(checkpointed.state.buckets) >= 2  # several live buckets
+  resumed = sweep(*args)
+  out, err = resumed.communicate(timeout=300)
+  assert resumed.returncode == 0, err
+  assert "resumed" in out
+  assert "took over the lock of pid" in err  # the killed run's lock
+  assert (results_without_timing(workdir), (workdir / "critical_n.csv").read_text()) == expected
 
 
-def test_sigterm_checkpoints_exits_cleanly_and_resumes(tmp_path):
-  returncode, out, _, unfinished, _ = interrupt_and_resume(tmp_path, signal.SIGTERM,
-                                                           finished_lines=1)
-  assert returncode == 0
-  assert "resume with the same command" in out
-  assert unfinished
+def test_sigterm_prints_a_resume_command_that_runs(tmp_path):
+  expected = uninterrupted(tmp_path / "reference")
+  workdir, _, returncode, out, unfinished = interrupt(tmp_path, signal.SIGTERM, finished_lines=1)
+  assert returncode == 0 and unfinished
+  command = out.split("resume with the same command: ")[1].strip()
+  assert " run " in command
+  resumed = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=300)
+  assert resumed.returncode == 0, resumed.stderr
+  assert "resumed" in resumed.stdout
+  assert (results_without_timing(workdir), (workdir / "critical_n.csv").read_text()) == expected
+
+
+def test_a_second_run_on_a_busy_workdir_is_refused_naming_the_holder(tmp_path):
+  config_file = write_config_file(tmp_path / "tiny.py")
+  workdir = tmp_path / "w"
+  first = sweep("run", f"--config={config_file}", f"--workdir={workdir}")
+  wait_for(lambda: (workdir / "results.jsonl").exists(), first)
+  first.send_signal(signal.SIGSTOP)  # paused mid-run, so it surely holds the lock meanwhile
+  second = sweep("run", f"--config={config_file}", f"--workdir={workdir}")
+  _, err = second.communicate(timeout=120)
+  status = sweep("status", f"--workdir={workdir}")
+  status_out, status_err = status.communicate(timeout=120)
+  assert first.poll() is None
+  first.send_signal(signal.SIGCONT)
+  _, first_err = first.communicate(timeout=300)
+  assert first.returncode == 0, first_err
+  assert second.returncode != 0
+  assert err.strip().splitlines() == [err.strip()] and err.startswith("error: ")
+  assert f"in use by another run (pid {first.pid} on " in err
+  assert status.returncode == 0, status_err
+  assert f"locked by pid {first.pid}" in status_out
+  keys = [(r["d"], r["n"], r["seed"]) for r in strict_records(workdir)]
+  assert len(keys) == len(set(keys))
 
 
 def test_workdir_of_another_config_is_refused_naming_the_fields(tmp_path):
@@ -126,7 +165,9 @@ def test_workdir_of_another_config_is_refused_naming_the_fields(tmp_path):
 @pytest.mark.parametrize("field, value", [
     ("k", 0), ("dims", ()), ("dims", (0, 3)), ("max_steps", -5), ("loss", "triplet"),
     ("restarts", 0), ("learning_rate", 0.0), ("optimizer", "nope"), ("start_n", 2),
-    ("memory_budget_mb", -1.0)])
+    ("memory_budget_mb", -1.0), ("learning_rate", math.inf), ("temperature", math.nan),
+    ("min_delta", math.inf), ("warm_noise", math.nan), ("checkpoint_every_s", math.inf),
+    ("memory_budget_mb", math.inf)])
 def test_bad_config_values_fail_in_one_line_before_work(field, value):
   config = tiny_config(**{field: value})
   with pytest.raises(ValueError, match=field) as error:
@@ -134,13 +175,34 @@ def test_bad_config_values_fail_in_one_line_before_work(field, value):
   assert "\n" not in str(error.value)
 
 
-def test_bad_value_on_the_command_line(tmp_path):
+@pytest.mark.parametrize("flag, line", [
+    ("--config.k=0", "error: config.k=0 is out of range: need an integer >= 1"),
+    ("--config.learning_rate=inf",
+     "error: config.learning_rate=inf is out of range: need a finite number")])
+def test_bad_value_on_the_command_line(tmp_path, flag, line):
   config_file = write_config_file(tmp_path / "tiny.py")
-  process = sweep("run", f"--config={config_file}", f"--workdir={tmp_path / 'w'}", "--config.k=0")
+  process = sweep("run", f"--config={config_file}", f"--workdir={tmp_path / 'w'}", flag)
   _, err = process.communicate(timeout=60)
   assert process.returncode != 0
-  assert err.strip().splitlines() == ["error: config.k=0 is out of range: need an integer >= 1"]
-  assert not (tmp_path / "w" / "results.jsonl").exists()
+  assert err.strip().splitlines() == [line]
+  assert not (tmp_path / "w").exists()
+
+
+def test_non_finite_losses_are_reported_never_a_critical_n(tmp_path):
+  """A temperature of 1e-44 overflows the logits: every probe's loss is NaN or inf."""
+  config_file = write_config_file(tmp_path / "tiny.py", dims=(2,), restarts=1)
+  workdir = tmp_path / "w"
+  process = sweep("run", f"--config={config_file}", f"--workdir={workdir}",
+                  "--config.temperature=1e-44")
+  out, err = process.communicate(timeout=300)
+  assert process.returncode == 0, err
+  records = strict_records(workdir)
+  assert records and all(r["stop_reason"] == "nonfinite" for r in records)
+  assert all(r["best_loss"] is None for r in records)  # null, not -Infinity
+  row = Store(str(workdir)).read_critical_n()[0]
+  assert row["status"] == "nonfinite" and row["critical_n"] is None and row["done"]
+  assert "d=2: no critical n: the deciding probe n=3 ended with a NaN or inf loss" in out
+  assert "critical n =" not in out
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
@@ -159,7 +221,10 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
   fresh = driver_lib.Driver(config, Store(str(tmp_path)))
   assert fresh.restore()
   assert fresh.state.to_json() == first_state
-  assert "unreadable" in caplog.text
+  assert "is corrupt" in caplog.text
+  aside = tmp_path / f"checkpoint-{latest}.corrupt"
+  assert (aside / "train").is_dir() and any(aside.rglob("*"))  # set aside, not deleted
+  assert latest not in fresh.store.checkpoints.all_steps()
 
 
 def test_status_prints_brackets(tmp_path):
@@ -170,7 +235,8 @@ def test_status_prints_brackets(tmp_path):
   out, err = process.communicate(timeout=60)
   assert process.returncode == 0, err
   status = json.loads(out)
-  assert status["searches"][0]["d"] == "2" and status["searches"][0]["done"] == "true"
+  assert status["searches"][0]["d"] == 2 and status["searches"][0]["done"] is True
+  assert status["searches"][0]["status"] == "measured" and status["lock"] is None
   assert status["configurations_finished"] == len((tmp_path / "results.jsonl").read_text().splitlines())
 
 

@@ -1,11 +1,16 @@
 """Tests of the critical-n fit, fit.json, figure and CLI errors (plots/critical_n.py)."""
 
 import json
+import os
+import re
+import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from plots import critical_n as cn
+from sweep.store import Store
 
 HEADER = "d,k,critical_n,max_success_n,lo,hi,done,probes\n"
 
@@ -58,7 +63,9 @@ def test_fit_recovers_noisy_cubic():
   d = np.arange(4, 80)
   n = np.polynomial.polynomial.polyval(d, true) + rng.normal(0, 1.0, d.size)
   fit = cn.fit_polynomial(d, np.round(n).astype(int), degree=3)
-  np.testing.assert_allclose(fit.coefficients, true, rtol=0.1, atol=0.5)
+  np.testing.assert_allclose(fit.coefficients[:2], true[:2], atol=1.0)
+  # Each higher coefficient within 5% of its own size (an absolute tolerance would swallow them).
+  np.testing.assert_allclose(fit.coefficients[2:], true[2:], rtol=0.05, atol=0)
   assert fit.r2 > 0.999
 
 
@@ -83,7 +90,8 @@ def test_format_fit_table_lists_coefficients_r2_and_extrapolations():
 def test_read_critical_n_types_rows(tmp_path):
   rows = cn.read_critical_n(write_workdir(tmp_path, paper_like_rows()))
   assert rows[0] == dict(d=4, k=2, critical_n=10, max_success_n=10, lo=10, hi=11, done=True,
-                         probes="5")
+                         probes="5", critical_n_certified=None, status="measured")
+  assert rows[-1]["status"] == "open"
   assert rows[-1]["critical_n"] is None and rows[-1]["done"] is False
 
 
@@ -95,10 +103,10 @@ def test_restart_spread_is_min_max_of_per_seed_best(tmp_path):
 def test_read_results_skips_a_half_written_last_line_only(tmp_path):
   record = json.dumps(dict(d=4, n=10, k=2, seed=0, success=True))
   (tmp_path / "results.jsonl").write_text(f"{record}\n{record}\n{{\"d\": 4, \"n")
-  assert len(cn.read_results(tmp_path)) == 2
+  assert len(Store(str(tmp_path), writer=False).read_results()) == 2
   (tmp_path / "results.jsonl").write_text(f"{record}\n{{oops\n{record}\n")
   with pytest.raises(ValueError, match="results.jsonl: line 2"):
-    cn.read_results(tmp_path)
+    Store(str(tmp_path), writer=False).read_results()
 
 
 def test_write_fit_json(tmp_path):
@@ -106,10 +114,44 @@ def test_write_fit_json(tmp_path):
   fit = cn.fit_workdir(tmp_path)
   path = cn.write_fit_json(tmp_path, fit)
   data = json.loads(path.read_text())
-  assert set(data) == {"degree", "coefficients", "r2", "d_min", "points", "extrapolation"}
+  assert set(data) == {"degree", "coefficients", "r2", "d_min", "measured_d", "points",
+                       "extrapolation", "extrapolation_refused", "paper_extrapolation"}
   assert set(data["extrapolation"]) == {"512", "768", "1024", "3072", "4096"}
   assert data["degree"] == 3 and len(data["coefficients"]) == 4 and len(data["points"]) == 9
-  assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".fit.")] == []
+  assert data["measured_d"] == [4, 12] and data["extrapolation_refused"] is None
+  assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_fit_json_has_the_file_mode_of_the_other_outputs(tmp_path):
+  write_workdir(tmp_path, paper_like_rows())
+  cn.write_fit_json(tmp_path, cn.fit_workdir(tmp_path))
+  Store(str(tmp_path)).write_critical_n([])
+  mode = lambda name: stat.S_IMODE(os.stat(tmp_path / name).st_mode)
+  assert mode("fit.json") == mode("critical_n.csv") == 0o666 & ~current_umask()
+
+
+def current_umask():
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+def test_a_fit_that_falls_is_not_extrapolated(tmp_path, capsys):
+  """The quick job's shape: d = 4 … 10 bending over, so the cubic term comes out negative."""
+  measured = {4: 9, 5: 13, 6: 19, 7: 25, 8: 30, 9: 33, 10: 35}
+  write_workdir(tmp_path, [f"{d},2,{n},{n},{n},{n + 1},true,5" for d, n in measured.items()])
+  fit = cn.fit_workdir(tmp_path)
+  assert fit.coefficients[3] < 0
+  reason = cn.extrapolation_refusal(fit)
+  assert reason and "decreases" in reason
+  cn.main(["critical_n", f"--workdir={tmp_path}"])
+  out = capsys.readouterr().out
+  assert "measured d = 4 … 10" in out and "not extrapolated" in out
+  assert "4,005,322" in out  # the paper fit's d = 1024 beside it
+  assert not re.search(r"-\d{1,3},\d{3}", out)  # no negative predicted n anywhere
+  data = json.loads((tmp_path / "fit.json").read_text())
+  assert data["extrapolation"] is None and "decreases" in data["extrapolation_refused"]
+  assert data["paper_extrapolation"]["1024"] == pytest.approx(4.0e6, rel=0.01)
 
 
 # --- figure -----------------------------------------------------------------------------------
@@ -117,7 +159,7 @@ def test_write_fit_json(tmp_path):
 
 def test_plot_one_workdir(tmp_path):
   workdir = write_workdir(tmp_path / "run", paper_like_rows(), restart_results())
-  paths = cn.plot([workdir], tmp_path / "fig" / "critical_n")
+  paths = [Path(p) for p in cn.plot([workdir], tmp_path / "fig" / "critical_n")]
   assert [p.suffix for p in paths] == [".png", ".pdf"]
   assert all(p.stat().st_size > 0 for p in paths)
 
@@ -126,7 +168,7 @@ def test_plot_two_workdirs_log_axis(tmp_path):
   a = write_workdir(tmp_path / "a", paper_like_rows(), restart_results(), label="quick")
   b = write_workdir(tmp_path / "b", paper_like_rows(range(4, 6), open_dims=(6, 7)))
   paths = cn.plot([a, b], tmp_path / "both", log=True)  # b has too few points for a curve
-  assert all(p.stat().st_size > 0 for p in paths)
+  assert all(os.path.getsize(p) > 0 for p in paths)
 
 
 def test_main_writes_fit_json_and_figures(tmp_path, capsys):
@@ -186,8 +228,22 @@ def test_an_overlay_draws_lower_bounds_without_a_fit(tmp_path, capsys):
   fitted = write_workdir(tmp_path / "free", paper_like_rows())
   bounded = write_workdir(tmp_path / "centroid", [f"{d},2,,120,120,,true,9" for d in range(4, 13)])
   paths = cn.report([fitted, bounded], tmp_path / "overlay")
-  assert all(p.stat().st_size > 0 for p in paths)
+  assert all(os.path.getsize(p) > 0 for p in paths)
   assert "drawn without a fit" in capsys.readouterr().out
   assert (fitted / "fit.json").exists() and not (bounded / "fit.json").exists()
   with pytest.raises(ValueError, match="critical_n.csv"):
     cn.report([bounded], tmp_path / "alone")
+
+
+def test_a_search_whose_loss_went_non_finite_is_marked_and_never_fitted(tmp_path):
+  rows = cn.read_critical_n(write_workdir(tmp_path, paper_like_rows()))
+  rows.append(dict(d=13, k=2, critical_n=None, max_success_n=None, lo=2, hi=3, done=True,
+                   probes=2, critical_n_certified=None, status="nonfinite"))
+  Store(str(tmp_path)).write_critical_n(rows)
+  assert 13 not in [d for d, _ in cn.fit_workdir(tmp_path).points]
+  fig, ax = cn.plt.subplots()
+  handles = cn._draw_workdir(ax, Store(str(tmp_path)), cn.read_critical_n(tmp_path), "C0", 3, 4,
+                             log=False)
+  marked = [h for h in handles if "NaN/inf" in h.get_label()]
+  assert len(marked) == 1 and list(marked[0].get_xdata()) == [13] and list(marked[0].get_ydata()) == [3]
+  cn.plt.close(fig)

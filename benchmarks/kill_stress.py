@@ -1,0 +1,163 @@
+"""Kill -9 a small sweep at random moments, resume it each time, and compare with a run that
+was never interrupted.
+
+  python benchmarks/kill_stress.py [--kills=20] [--seed=0] [--workdir=/tmp/kill_stress]
+
+The kill points take turns: a random moment of the training loop (0 to 2 s after the run's
+first progress line); the moment orbax's temporary checkpoint directory appears, inside a
+checkpoint save (the config checkpoints after every chunk; a kill landed inside the save when
+it left that directory behind); and the moment results.jsonl grows, before the checkpoint that
+follows every append. A single small write() is too short to hit, so for those the last line
+is then cut in half, which is what a kill inside the append leaves (only when no checkpoint
+completed after the append, so the state is one a kill can leave). At the end results.jsonl
+(without wall times) and critical_n.csv must equal the uninterrupted run's. Several minutes
+on a 2-core CPU: each resume imports JAX and compiles again.
+"""
+
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+CONFIG = """from sweep.config import default_config
+
+def get_config():
+  c = default_config()
+  c.dims = (2, 3)
+  c.restarts = 2
+  c.max_steps = 3000
+  c.patience = 300
+  c.eval_every = 25
+  c.chunk_evals = 2
+  c.local_sweep = 1
+  c.checkpoint_every_s = 0.001
+  return c
+"""
+
+
+def start(config: Path, workdir: Path) -> tuple[subprocess.Popen, threading.Event]:
+  """The sweep in a subprocess, and an event set once it is in its training loop."""
+  process = subprocess.Popen([sys.executable, "-m", "sweep.cli", "run", f"--config={config}",
+                              f"--workdir={workdir}"], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+  looping = threading.Event()
+
+  def watch():
+    for line in process.stdout:
+      if line.startswith(("chunk", "resumed")):
+        looping.set()
+    looping.set()  # the run ended
+
+  threading.Thread(target=watch, daemon=True).start()
+  return process, looping
+
+
+def checkpoint_names(workdir: Path) -> set[str]:
+  folder = workdir / "checkpoints"
+  return set(os.listdir(folder)) if folder.is_dir() else set()
+
+
+def saving(workdir: Path) -> bool:
+  """orbax writes a checkpoint into a temporary directory and renames it when complete."""
+  return any("tmp" in name for name in checkpoint_names(workdir))
+
+
+def results_size(workdir: Path) -> int:
+  path = workdir / "results.jsonl"
+  return path.stat().st_size if path.exists() else 0
+
+
+def torn(workdir: Path) -> bool:
+  path = workdir / "results.jsonl"
+  return path.exists() and path.stat().st_size > 0 and not path.read_text().endswith("\n")
+
+
+def cut_last_line(workdir: Path) -> None:
+  """Leave what a kill inside a results append leaves: the last line half written."""
+  path = workdir / "results.jsonl"
+  text = path.read_text()
+  last = text.rstrip("\n").rsplit("\n", 1)[-1]
+  path.write_text(text[:len(text) - 1 - len(last) // 2])
+
+
+def wait_until(condition, process, seconds: float = 10.0) -> None:
+  deadline = time.monotonic() + seconds
+  while not condition() and time.monotonic() < deadline and process.poll() is None:
+    time.sleep(0.0005)
+
+
+def outcome(workdir: Path) -> tuple[list[dict], str]:
+  records = [json.loads(line) for line in (workdir / "results.jsonl").read_text().splitlines()]
+  for r in records:
+    r.pop("wall_seconds")
+  return (sorted(records, key=lambda r: (r["d"], r["n"], r["seed"])),
+          (workdir / "critical_n.csv").read_text())
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--kills", type=int, default=20)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--workdir", default="/tmp/kill_stress")
+  args = parser.parse_args()
+  rng = random.Random(args.seed)
+  root = Path(args.workdir)
+  shutil.rmtree(root, ignore_errors=True)
+  root.mkdir(parents=True)
+  config = root / "tiny.py"
+  config.write_text(CONFIG)
+
+  reference, _ = start(config, root / "reference")
+  reference.wait()
+  expected = outcome(root / "reference")
+
+  workdir = root / "killed"
+  tried = inside_save = inside_append = finished_early = 0
+  started = time.monotonic()
+  for kill in range(args.kills):
+    process, looping = start(config, workdir)
+    looping.wait(timeout=300)
+    size, names = results_size(workdir), checkpoint_names(workdir)
+    if kill % 3 == 0:
+      time.sleep(rng.uniform(0, 2))
+    elif kill % 3 == 1:
+      wait_until(lambda: saving(workdir), process)
+    else:
+      def appended():  # the checkpoints complete just before the append was seen
+        nonlocal names
+        names = checkpoint_names(workdir)
+        return results_size(workdir) > size
+      wait_until(appended, process)
+    if process.poll() is not None:
+      finished_early = args.kills - kill  # the sweep ended before this kill point
+      break
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    tried += 1
+    inside_save += saving(workdir)
+    completed_since = {n for n in checkpoint_names(workdir) - names if "tmp" not in n}
+    if kill % 3 == 2 and results_size(workdir) > size and not completed_since:
+      cut_last_line(workdir)
+    inside_append += torn(workdir)
+  final, _ = start(config, workdir)
+  final.wait()
+  same = outcome(workdir) == expected
+  print(f"kill points tried: {tried} (the sweep finished before {finished_early} more); "
+        f"landed inside a checkpoint save: {inside_save}; left a half-written results line: "
+        f"{inside_append}; {time.monotonic() - started:.0f} s")
+  print(f"results.jsonl and critical_n.csv equal the uninterrupted run's: {same}")
+  return 0 if same else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,58 @@
+"""The workdir's store: the local lock, strict JSON lines, and which restore errors are the
+store's (retried, reported, nothing moved) and which are the checkpoint's own (set aside)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sweep import store as store_lib
+from sweep.store import Store
+
+
+def test_a_held_lock_refuses_a_second_holder_naming_the_first(tmp_path):
+  first = Store(str(tmp_path)).lock()
+  with pytest.raises(store_lib.WorkdirLocked, match=f"in use by another run \\(pid {os.getpid()} on "):
+    Store(str(tmp_path)).lock()
+  first.release()
+  assert store_lib.read_lock(tmp_path / "lock.json") is None
+  Store(str(tmp_path)).lock().release()  # free again once released
+
+
+def test_the_lock_of_a_killed_process_is_taken_over(tmp_path):
+  holder = subprocess.Popen([sys.executable, "-c", (
+      "import sys, time; from sweep.store import Store; lock = Store(sys.argv[1]).lock(); "
+      "print('held', flush=True); time.sleep(600)"), str(tmp_path)],
+      stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline().strip() == "held"
+  with pytest.raises(store_lib.WorkdirLocked, match=f"pid {holder.pid} on "):
+    Store(str(tmp_path)).lock()
+  assert Store(str(tmp_path)).holder()["running"]
+  holder.kill()
+  holder.wait()
+  assert not Store(str(tmp_path)).holder()["running"]
+  lock = store_lib.WorkdirLock(tmp_path / "lock.json")
+  assert f"took over the lock of pid {holder.pid}" in lock.acquire()
+  assert store_lib.read_lock(tmp_path / "lock.json")["pid"] == os.getpid()
+  lock.release()
+
+
+def test_results_lines_are_strict_json():
+  line = store_lib.strict_json(dict(d=4, n=9, best_loss=float("-inf"), margin=float("nan"),
+                                    final_loss=0.5))
+  refuse = lambda token: pytest.fail(f"not strict JSON: {token}")
+  assert json.loads(line, parse_constant=refuse) == dict(d=4, n=9, best_loss=None, margin=None,
+                                                         final_loss=0.5)
+
+
+@pytest.mark.parametrize("error, transient", [
+    (ConnectionRefusedError("refused"), True), (TimeoutError("timed out"), True),
+    (OSError(5, "Input/output error"), True),
+    (ValueError("UNAVAILABLE: HTTP response code: 503"), True),
+    (ValueError("DATA_LOSS: Error reading local file: corrupted manifest"), False),
+    (FileNotFoundError("checkpoints/7/train/manifest.ocdbt"), False),
+    (KeyError("params"), False)])
+def test_store_errors_are_retried_checkpoint_errors_set_aside(error, transient):
+  assert store_lib._is_transient(error) is transient
