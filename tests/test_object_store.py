@@ -28,7 +28,7 @@ def test_a_gs_sweep_killed_and_resumed_equals_a_local_run(tmp_path, gcs_bucket):
   store = Store(workdir, writer=False)
   args = ["run", f"--config={write_config_file(tmp_path / 'tiny.py')}", f"--workdir={workdir}"]
   killed = sweep(*args)
-  wait_for(lambda: len(store.read_results()) >= 3, killed, timeout=240)
+  wait_for(lambda: len(store.read_results()) >= 6, killed, timeout=240)
   killed.send_signal(signal.SIGKILL)
   killed.communicate(timeout=60)
   assert not all(r["done"] for r in store.read_critical_n())  # the kill cut the sweep short
