@@ -20,17 +20,13 @@ import sys
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
-import matplotlib
+import numpy as np
+from absl import flags
+from numpy.polynomial import Polynomial
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
-from absl import flags  # noqa: E402
-from numpy.polynomial import Polynomial  # noqa: E402
-
-from sweep import geometry  # noqa: E402
-from sweep import store as store_lib  # noqa: E402
-from sweep.store import Store  # noqa: E402
+from sweep import geometry
+from sweep import store as store_lib
+from sweep.store import Store
 
 CSV_NAME = "critical_n.csv"
 FIT_NAME = "fit.json"
@@ -345,6 +341,10 @@ def plot(
   d_max = max(r["d"] for rows in all_rows for r in rows) + 2
   paper = [r for r in read_paper_table6() if r["d"] <= d_max]
   ks = sorted({r["k"] for rows in all_rows for r in rows})
+
+  import matplotlib  # only where a figure is drawn: importing it costs a second
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
 
   fig, ax = plt.subplots(figsize=(9, 6))
   handles = ax.plot([r["d"] for r in paper], [r["critical_n"] for r in paper], "x", color="0.5",

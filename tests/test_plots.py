@@ -6,6 +6,7 @@ import re
 import stat
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
@@ -238,12 +239,13 @@ def test_an_overlay_draws_lower_bounds_without_a_fit(tmp_path, capsys):
 def test_a_search_whose_loss_went_non_finite_is_marked_and_never_fitted(tmp_path):
   rows = cn.read_critical_n(write_workdir(tmp_path, paper_like_rows()))
   rows.append(dict(d=13, k=2, critical_n=None, max_success_n=None, lo=2, hi=3, done=True,
-                   probes=2, critical_n_certified=None, status="nonfinite"))
+                   probes=2, critical_n_certified=None, geometric_critical_n="unbounded",
+                   status="nonfinite"))
   Store(str(tmp_path)).write_critical_n(rows)
   assert 13 not in [d for d, _ in cn.fit_workdir(tmp_path).points]
-  fig, ax = cn.plt.subplots()
+  fig, ax = plt.subplots()
   handles = cn._draw_workdir(ax, Store(str(tmp_path)), cn.read_critical_n(tmp_path), "C0", 3, 4,
                              log=False)
   marked = [h for h in handles if "NaN/inf" in h.get_label()]
   assert len(marked) == 1 and list(marked[0].get_xdata()) == [13] and list(marked[0].get_ydata()) == [3]
-  cn.plt.close(fig)
+  plt.close(fig)
