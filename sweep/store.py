@@ -165,6 +165,7 @@ def parse_critical_n(text: str, source) -> list[dict]:
         raise ValueError(f"{source}: line {reader.line_num}: wrong number of fields")
       row = {c: _typed_cell(source, reader.line_num, c, raw[c]) for c in reader.fieldnames}
       row.setdefault("critical_n_certified", None)
+      row.setdefault("geometric_critical_n", None)
       row["status"] = row.get("status") or _derived_status(row)
       rows.append(row)
   except csv.Error as error:
