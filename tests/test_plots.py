@@ -91,7 +91,8 @@ def test_format_fit_table_lists_coefficients_r2_and_extrapolations():
 def test_read_critical_n_types_rows(tmp_path):
   rows = cn.read_critical_n(write_workdir(tmp_path, paper_like_rows()))
   assert rows[0] == dict(d=4, k=2, critical_n=10, max_success_n=10, lo=10, hi=11, done=True,
-                         probes="5", critical_n_certified=None, status="measured")
+                         probes="5", critical_n_certified=None, geometric_critical_n=None,
+                         status="measured")
   assert rows[-1]["status"] == "open"
   assert rows[-1]["critical_n"] is None and rows[-1]["done"] is False
 
