@@ -18,7 +18,8 @@ def default_config() -> ConfigDict:
       loss="code", optimizer="adam", max_steps=100_000, patience=1000, min_delta=1e-5,
       eval_every=50, num_queries=0, start_n=0, max_n=0, local_sweep=4, probes_per_search=2,
       max_slots=64, chunk_evals=20, memory_budget_mb=2048.0, checkpoint_every_s=60.0,
-      protocol="free", warm_noise=0.0, qrels="", start_d=0, label=""))
+      protocol="free", warm_noise=0.0, qrels="", start_d=0, label="", query_tile=0,
+      matmul_precision="highest"))
 
 
 # free: learn queries and documents (the paper). centroid: learn documents only, each query
@@ -48,7 +49,8 @@ def validate_config(config: ConfigDict) -> None:
   for field, minimum in (("k", 1), ("restarts", 1), ("max_steps", 1), ("patience", 1),
                          ("eval_every", 1), ("probes_per_search", 1), ("max_slots", 1),
                          ("chunk_evals", 1), ("seed", 0), ("num_queries", 0),
-                         ("start_n", 0), ("max_n", 0), ("local_sweep", 0), ("start_d", 0)):
+                         ("start_n", 0), ("max_n", 0), ("local_sweep", 0), ("start_d", 0),
+                         ("query_tile", 0)):
     value = config[field]
     _check(isinstance(value, int) and value >= minimum, field, value, f"an integer >= {minimum}")
   for field in ("learning_rate", "temperature", "memory_budget_mb", "checkpoint_every_s"):
@@ -62,6 +64,8 @@ def validate_config(config: ConfigDict) -> None:
     _check(min(dims) >= 2 * config.k, "dims", dims,
            f"every d >= 2k = {2 * config.k} for protocol {config.protocol!r}")
   _check(config.loss in objective.LOSS_FORMS, "loss", config.loss, f"one of {objective.LOSS_FORMS}")
+  _check(config.matmul_precision in objective.PRECISIONS, "matmul_precision",
+         config.matmul_precision, f"one of {tuple(objective.PRECISIONS)}")
   _check(config.start_n == 0 or config.start_n > config.k, "start_n", config.start_n,
          "0 (automatic) or > k")
   _check(config.max_n == 0 or config.max_n >= max(config.start_n, config.k + 1), "max_n",
@@ -76,4 +80,5 @@ def settings_of(config: ConfigDict) -> T.TrainSettings:
   return T.TrainSettings(loss=config.loss, optimizer=config.optimizer, max_steps=config.max_steps,
                          patience=config.patience, min_delta=config.min_delta,
                          eval_every=config.eval_every, chunk_evals=config.chunk_evals,
-                         centroid_queries=config.protocol == "centroid")
+                         centroid_queries=config.protocol == "centroid",
+                         query_tile=config.query_tile, matmul_precision=config.matmul_precision)
