@@ -114,7 +114,7 @@ class Driver:
   # -- the bucket -------------------------------------------------------------------------
 
   def _fits_budget(self, shape: T.BucketShape) -> bool:
-    return batching.slots_within(shape, self.config.memory_budget_mb) >= shape.slots
+    return batching.slots_within(shape, self.config.memory_budget_mb, self.settings) >= shape.slots
 
   def _arrange_bucket(self) -> None:
     """Give free slots the queued probes; resize the bucket when they need it."""

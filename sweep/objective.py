@@ -31,20 +31,22 @@ AUTO_TILE_BYTES_ACCELERATOR = 64 * 2**20
 _FLOAT_BYTES = 4
 
 
-def auto_tile_bytes() -> int:
-  return AUTO_TILE_BYTES.get(jax.default_backend(), AUTO_TILE_BYTES_ACCELERATOR)
+def auto_tile_bytes(backend: str | None = None) -> int:
+  """The automatic block size on `backend` (default: the one JAX runs on)."""
+  return AUTO_TILE_BYTES.get(backend or jax.default_backend(), AUTO_TILE_BYTES_ACCELERATOR)
 
 
-def query_tile(num_queries: int, num_documents: int, tile: int = 0) -> int:
+def query_tile(num_queries: int, num_documents: int, tile: int = 0,
+               tile_bytes: int | None = None) -> int:
   """Rows per query block for a padded [num_queries, num_documents] score matrix.
 
   `tile` > 0 is taken as given (capped at num_queries). The automatic tile keeps a block's
-  scores within auto_tile_bytes() and prefers a divisor of num_queries (padded query counts
+  scores within `tile_bytes` (default auto_tile_bytes()) and prefers a divisor of num_queries (padded query counts
   have large power-of-two factors), so blocks need no padding copy of the queries.
   """
   if tile:
     return min(tile, num_queries)
-  target = max(1, auto_tile_bytes() // (_FLOAT_BYTES * num_documents))
+  target = max(1, (tile_bytes or auto_tile_bytes()) // (_FLOAT_BYTES * num_documents))
   if target >= num_queries:
     return num_queries
   divisor = next(t for t in range(target, 0, -1) if num_queries % t == 0)
@@ -156,7 +158,8 @@ def _infonce_forward(form, tile, precision, queries, documents, relevance, num_q
                                         pairs, real, counted)
     return loss + (a * lse - relevant_term).sum(), lse
 
-  loss, lse = _over_blocks(body, jnp.zeros((), queries.dtype), blocks, queries.shape[0])
+  # Initial carries are made from inputs, so under shard_map they vary over slots as theirs.
+  loss, lse = _over_blocks(body, jnp.zeros_like(temperature), blocks, queries.shape[0])
   return loss, (queries, documents, relevance, num_queries, num_documents, temperature, lse)
 
 
@@ -248,7 +251,7 @@ def retrieval_metrics(queries, documents, relevance, num_queries, num_documents,
     return (found_total + found, relevant_total + counts.sum(),
             jnp.minimum(margin_min, margin)), None
 
-  zero = jnp.zeros((), jnp.int32)
+  zero = jnp.zeros_like(jnp.asarray(num_queries), jnp.int32)  # varying, as the inputs are
   (found, relevant, margin), _ = _over_blocks(
-      body, (zero, zero, jnp.asarray(jnp.inf, queries.dtype)), blocks, queries.shape[0])
+      body, (zero, zero, jnp.full_like(queries[0, 0], jnp.inf)), blocks, queries.shape[0])
   return found / jnp.maximum(relevant, 1), margin

@@ -77,6 +77,15 @@ def test_200_step_trajectory_matches_the_plain_formula(form):
   assert plain[-1] < plain[0] - 0.1  # it trained: the comparison is not of two constants
 
 
+def test_blocked_chunks_train_as_one_block():
+  configs = [T.Configuration(d=2, n=3), T.Configuration(d=4, n=7), T.Configuration(d=3, n=6)]
+  blocked = T.train(configs, T.TrainSettings(query_tile=4, max_steps=400))
+  whole = T.train(configs, T.TrainSettings(max_steps=400))
+  assert [r["success"] for r in blocked] == [r["success"] for r in whole]
+  np.testing.assert_allclose([r["final_loss"] for r in blocked],
+                             [r["final_loss"] for r in whole], atol=1e-4)
+
+
 def plain_metrics(queries, documents, table):
   """Top-|R| accuracy and minimum margin by a full sort, unpadded, in float64."""
   scores = np.asarray(queries, np.float64) @ np.asarray(documents, np.float64).T
