@@ -244,7 +244,7 @@ def plan_sweep(config, device: Device, steps: StepModel = StepModel(), workers: 
         step_gb=start_cost.step_bytes / _GIGA,
         slots_fit=min(config.max_slots, device.chips * int(memory_per_chip // start_cost.slot_bytes)),
         step_ms=step_seconds(start_cost, device, precision) * 1e3,
-        chain_hours=chain / 3600, work_hours=work / 3600))
+        chain_minutes=chain / 60, work_minutes=work / 60))
   wall = max(total_work / device.chips, longest_chain)
   return dict(
       device=device.name, chips=device.chips, precision=precision,
@@ -265,14 +265,14 @@ def format_plan(plan: dict) -> str:
       f"{plan['steps_model']['failure']:,.0f} ({plan['steps_model']['source']}); the search "
       f"replayed with its boundary at the start n",
       f"{'d':>3} {'start n':>7} {'probes':>6} {'MiB/slot':>9} {'GFLOP/step':>10} "
-      f"{'GB/step':>8} {'slots':>5} {'step ms':>8} {'hours':>7}  probe shapes (q x n x d)"]
+      f"{'GB/step':>8} {'slots':>5} {'step ms':>8} {'minutes':>8}  probe shapes (q x n x d)"]
   for r in plan["dims"]:
     lines.append(
         f"{r['d']:>3} {r['start_n']:>7} {r['probes']:>6} {r['slot_mib']:>9.1f} "
         f"{r['step_gflop']:>10.3f} {r['step_gb']:>8.3f} {r['slots_fit']:>5} "
-        f"{r['step_ms']:>8.3f} {r['work_hours']:>7.2f}  {', '.join(r['shapes'])}")
+        f"{r['step_ms']:>8.3f} {r['work_minutes']:>8.2f}  {', '.join(r['shapes'])}")
   lines.append(
-      f"predicted wall time {plan['wall_hours']:.1f} h = max(all slot-steps over "
-      f"{plan['chips']} chip(s): {plan['work_hours'] / plan['chips']:.1f} h, longest search's "
-      f"chain of rounds: {plan['longest_chain_hours']:.1f} h)")
+      f"predicted wall time {plan['wall_hours']:.2f} h = max(all slot-steps over "
+      f"{plan['chips']} chip(s): {plan['work_hours'] / plan['chips']:.2f} h, the longest "
+      f"search's chain of rounds: {plan['longest_chain_hours']:.2f} h)")
   return "\n".join(lines)
