@@ -76,12 +76,6 @@ def _over_blocks(body, carry, blocks, rows: int):
   return carry, jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[:rows], out)
 
 
-def masked_scores(queries, documents, document_mask, precision=jax.lax.Precision.HIGHEST):
-  """Dot-product scores, -inf for padded documents so they never rank or carry probability."""
-  scores = jnp.matmul(queries, documents.T, precision=precision)
-  return jnp.where(document_mask, scores, -jnp.inf)
-
-
 # ---------------------------------------------------------------------------------------
 # InfoNCE: forward keeps the log-sum-exp per query; backward recomputes scores per block.
 # Both forms have the gradient  d loss / d logit_ij = a_i softmax_ij - t_ij  row by row:
@@ -238,7 +232,8 @@ def retrieval_metrics(queries, documents, relevance, num_queries, num_documents,
   def body(carry, block):
     block_queries, relevance_block, real_block = block
     relevance_block = jnp.where(real_block[:, None], relevance_block, -1)
-    scores = masked_scores(block_queries, documents, document_mask)
+    scores = jnp.matmul(block_queries, documents.T, precision=jax.lax.Precision.HIGHEST)
+    scores = jnp.where(document_mask, scores, -jnp.inf)  # padded documents never rank
     top_scores, top_indices = jax.lax.top_k(scores, min(width + 1, scores.shape[1]))
     top_relevant = (top_indices[:, :, None] == relevance_block[:, None, :]).any(axis=-1)
     counts = (relevance_block >= 0).sum(axis=-1)

@@ -2,9 +2,10 @@
 
 For each d the search is replayed with the real search module on an assumed boundary (the
 paper's cubic, where each search also starts), which gives its probes, their padded shapes
-and its rounds. Each shape's programs are compiled on this machine: XLA's memory analysis of
-the training chunk gives the memory per slot, its cost analysis of one untiled step the
-FLOPs and bytes a step moves. A roofline on the named device turns those into a step time,
+and its rounds. The programs of each search's start shape (its probes lie around it) are
+compiled on this machine, with the query tile the named device would pick: XLA's memory
+analysis of the training chunk gives the memory per slot, its cost analysis of one untiled
+step the FLOPs and bytes a step moves. A roofline on the named device turns those into a step time,
 and the steps-per-probe model (below) into the wall time of the whole sweep.
 
 Steps per probe: a success stops after SUCCESS_STEPS, a failure after FAILURE_STEPS,
@@ -213,27 +214,26 @@ def plan_sweep(config, device: Device, steps: StepModel = StepModel(), workers: 
   sweep = sweeps.CriticalN(config)
   replays = [replay(config, int(key.removeprefix("d=")), spec) for key, spec in sweep.specs().items()]
   shape_of = lambda d, n: batching.shape_class(sweep.configuration(sweeps.Probe(d, n, config.seed)))
-  shapes = sorted({shape_of(r.d, n) for r in replays for round_ in r.rounds for n, _ in round_},
-                  key=lambda s: (s.dims, s.documents, s.queries))
+  # Each search's probes lie around its start n, mostly in its shape; compiling only the
+  # start shapes keeps the plan to one pair of compiles per distinct shape of the sweep.
+  start_shapes = {r.d: shape_of(r.d, r.boundary) for r in replays}
+  shapes = sorted(set(start_shapes.values()), key=lambda s: (s.dims, s.documents, s.queries))
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:  # XLA compiles off the GIL
     costs = dict(zip(shapes, pool.map(lambda s: shape_cost(settings, s, device), shapes)))
 
-  memory_per_chip = min(device.memory, config.memory_budget_mb * 2**20)
+  bucket_memory = min(config.memory_budget_mb * 2**20, device.memory * device.chips)
   precision = settings.matmul_precision
   rows, total_work, longest_chain = [], 0.0, 0.0
   for r in replays:
     probe_shapes = sorted({shape_of(r.d, n) for round_ in r.rounds for n, _ in round_},
                           key=lambda s: s.queries)
-    start_cost = costs[shape_of(r.d, r.boundary)]
+    start_cost = costs[start_shapes[r.d]]
+    step = step_seconds(start_cost, device, precision)
     chain = work = 0.0
     for round_ in r.rounds:
-      times = [steps.steps(r.d, ok, config.eval_every)
-               * max(step_seconds(costs[shape_of(r.d, n)], device, precision), device.launch_floor_s)
-               for n, ok in round_]
-      chain += max(times)
-      work += config.restarts * sum(
-          steps.steps(r.d, ok, config.eval_every) * step_seconds(costs[shape_of(r.d, n)], device, precision)
-          for n, ok in round_)
+      round_steps = [steps.steps(r.d, ok, config.eval_every) for _, ok in round_]
+      chain += max(round_steps) * max(step, device.launch_floor_s)
+      work += config.restarts * sum(round_steps) * step
     total_work += work
     longest_chain = max(longest_chain, chain)
     rows.append(dict(
@@ -242,14 +242,14 @@ def plan_sweep(config, device: Device, steps: StepModel = StepModel(), workers: 
         shapes=[f"{s.queries}x{s.documents}x{s.dims}" for s in probe_shapes],
         slot_mib=start_cost.slot_bytes / 2**20, step_gflop=start_cost.step_flops / _GIGA,
         step_gb=start_cost.step_bytes / _GIGA,
-        slots_fit=min(config.max_slots, device.chips * int(memory_per_chip // start_cost.slot_bytes)),
-        step_ms=step_seconds(start_cost, device, precision) * 1e3,
+        slots_fit=min(config.max_slots, int(bucket_memory // start_cost.slot_bytes)),
+        step_ms=step * 1e3,
         chain_minutes=chain / 60, work_minutes=work / 60))
   wall = max(total_work / device.chips, longest_chain)
   return dict(
       device=device.name, chips=device.chips, precision=precision,
       peak_tflops=device.flops[precision] / _TERA, bandwidth_tb_s=device.bandwidth / _TERA,
-      memory_gb_per_chip=device.memory / _GIGA, steps_model=dict(
+      memory_gb_per_chip=device.memory / _GIGA, bucket_gb=bucket_memory / _GIGA, steps_model=dict(
           success=steps.success, failure=steps.failure, source=steps.source),
       compiled_shapes=len(shapes), dims=rows, work_hours=total_work / 3600,
       longest_chain_hours=longest_chain / 3600, wall_hours=wall / 3600)
@@ -260,7 +260,8 @@ def format_plan(plan: dict) -> str:
   lines = [
       f"device {plan['device']} x {plan['chips']}: {plan['peak_tflops']:.1f} TFLOP/s at "
       f"matmul precision {plan['precision']}, {plan['bandwidth_tb_s']:.3f} TB/s, "
-      f"{plan['memory_gb_per_chip']:.0f} GB per chip; {plan['compiled_shapes']} shapes compiled",
+      f"{plan['memory_gb_per_chip']:.0f} GB per chip; {plan['compiled_shapes']} shapes compiled; "
+      f"a bucket holds at most {plan['bucket_gb']:.1f} GB (memory_budget_mb, all chips)",
       f"steps per probe: success {plan['steps_model']['success']:,.0f}, failure "
       f"{plan['steps_model']['failure']:,.0f} ({plan['steps_model']['source']}); the search "
       f"replayed with its boundary at the start n",
