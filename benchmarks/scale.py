@@ -26,7 +26,7 @@ import numpy as np
 from absl import app, flags
 
 from plots.critical_n import read_paper_table6
-from sweep import batching, memory, objective, plan
+from sweep import batching, objective, plan
 from sweep import trainer as T
 
 _DIMS = flags.DEFINE_list("dims", ["8", "16", "24", "32"], "dimensions (45 needs an accelerator)")

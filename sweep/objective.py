@@ -6,10 +6,11 @@ queries and `num_documents` documents are real. Padded documents never enter a s
 top-k, and padded queries carry no loss and no accuracy. The trainer vmaps these over its
 slots.
 
-Memory: the q x n score matrix dominates at paper scale (204,480 x 640 at d = 45), so no
-function here holds more than one block of it. Queries are cut into blocks of `query_tile`
-rows (0 = automatic, see `query_tile`); the loss keeps only each query's log-sum-exp from
-its forward pass, and its gradient recomputes the scores block by block (`jax.custom_vjp`).
+Memory: the q x n score matrix dominates at paper scale (204,480 x 640 at d = 45), so
+nothing here holds more than a block of it at a time (XLA keeps about two block-sized
+buffers). Queries are cut into blocks of `query_tile` rows (0 = automatic, see
+`query_tile`); the loss keeps only each query's log-sum-exp from its forward pass, and its
+gradient recomputes the scores block by block (`jax.custom_vjp`).
 """
 
 from __future__ import annotations
@@ -86,8 +87,8 @@ def _block_logits(precision, documents, temperature, block):
   """One block's logits [tile, n], padded documents not yet masked, and its relevant logits
   z [tile, r] read from them (relevant documents are real).
 
-  The readers (log-sum-exp, the gradient's exp pass) apply the document mask themselves,
-  so no masked copy of the block is made for them to share.
+  The readers (log-sum-exp, the gradient's exp pass) apply the document mask themselves;
+  z is read before the mask, from real documents only.
   """
   queries, relevance, _ = block
   logits = jnp.matmul(queries, documents.T, precision=precision) / temperature

@@ -5,8 +5,8 @@ paper's cubic, where each search also starts), which gives its probes, their pad
 and its rounds. The programs of each search's start shape (its probes lie around it) are
 compiled on this machine, with the query tile the named device would pick: XLA's memory
 analysis of the training chunk gives the memory per slot, its cost analysis of one untiled
-step the FLOPs and bytes a step moves. A roofline on the named device turns those into a step time,
-and the steps-per-probe model (below) into the wall time of the whole sweep.
+step the FLOPs and bytes a step moves. A roofline on the named device turns those into a
+step time, and the steps-per-probe model (below) into the wall time of the whole sweep.
 
 Steps per probe: a success stops after SUCCESS_STEPS, a failure after FAILURE_STEPS,
 rounded up to whole evaluation blocks; `calibrate` replaces them by the mean stop_step of
