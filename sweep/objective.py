@@ -25,10 +25,11 @@ LOSS_FORMS = ("code", "paper")
 PRECISIONS = {"highest": jax.lax.Precision.HIGHEST, "high": jax.lax.Precision.HIGH,
               "default": jax.lax.Precision.DEFAULT}
 # The automatic block: the most query rows whose scores take at most this many bytes. A CPU
-# step is fastest when a block stays in cache (1,024 x 320 at d = 32 beats one block 2.9x);
-# an accelerator wants large matmuls, and its memory is bounded all the same.
+# step is fastest when a block stays in cache (blocks of about 1 MiB at d = 32 beat one
+# block 2-3x); an accelerator wants large matmuls, and 16 MiB blocks keep a d = 45 step's
+# temporaries at 0.1x of one q x n matrix (64 MiB: 0.5x).
 AUTO_TILE_BYTES = {"cpu": 2**20}
-AUTO_TILE_BYTES_ACCELERATOR = 64 * 2**20
+AUTO_TILE_BYTES_ACCELERATOR = 16 * 2**20
 _FLOAT_BYTES = 4
 
 
