@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import math
 
-from sweep.trainer import BucketShape, Configuration
+import jax
+
+from sweep import memory
+from sweep.trainer import BucketShape, Configuration, TrainSettings
 
 _FLOAT_BYTES = 4
 # Live copies per embedding entry (parameters, gradient, two Adam moments, updates, the
@@ -42,12 +45,39 @@ def shape_class(config: Configuration) -> BucketShape:
 
 
 def slot_bytes(shape: BucketShape) -> int:
-  """Device memory one slot of `shape` needs while training, roughly."""
+  """Device memory one slot of `shape` needs while training: a conservative estimate."""
   embeddings = (shape.queries + shape.documents) * shape.dims * _COPIES_PER_EMBEDDING
   logits = shape.queries * shape.documents * _COPIES_PER_LOGIT
   return _FLOAT_BYTES * (embeddings + logits + shape.queries * shape.width)
 
 
-def slots_within(shape: BucketShape, memory_budget_mb: float) -> int:
-  """How many slots of `shape` fit the budget (0 if not even one)."""
-  return int(memory_budget_mb * 2**20 // slot_bytes(shape))
+def budget_bytes(memory_budget_mb: float) -> float:
+  """memory_budget_mb, capped by the devices' own memory where JAX reports it."""
+  budget = memory_budget_mb * 2**20
+  device = memory.device_memory_bytes()
+  return budget if device is None else min(budget, device * jax.device_count())
+
+
+def slots_within(shape: BucketShape, memory_budget_mb: float,
+                 settings: TrainSettings | None = None) -> int:
+  """How many slots of `shape` fit the budget (0 if not even one), at least `shape.slots`
+  exactly when they fit.
+
+  The conservative estimate decides when it fits anyway (tiny shapes never pay a compile);
+  otherwise, given the settings, the compiled program's measured memory does (memory.py,
+  cached per shape). Without settings only the estimate is used (the automatic max_n tries
+  many shapes).
+  """
+  budget = budget_bytes(memory_budget_mb)
+  fit = int(budget // slot_bytes(shape))
+  if fit >= shape.slots or settings is None:
+    return fit
+  return int(budget // memory.measured_slot_bytes(settings, shape))
+
+
+def buckets_fit(shapes, memory_budget_mb: float, settings: TrainSettings) -> bool:
+  """Whether buckets of these shapes fit the budget together: by the conservative estimate,
+  else by each shape's measured memory."""
+  budget = budget_bytes(memory_budget_mb)
+  return (sum(slot_bytes(s) * s.slots for s in shapes) <= budget or
+          sum(memory.measured_slot_bytes(settings, s) * s.slots for s in shapes) <= budget)

@@ -1,4 +1,5 @@
-"""`sweep run | fit-qrels | status | plot`: parses flags and wires the modules, nothing more."""
+"""`sweep run | fit-qrels | status | plot | verify | plan`: parses flags and wires the modules,
+nothing more."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ USAGE = """usage: sweep COMMAND [flags]
   sweep status --workdir=DIR [--json]
   sweep verify WITNESS.npz
   sweep geometry --k=K --dims=D1,D2,... [--n_unbounded=32] [--lp_max_subsets=2000]
-  sweep plot --workdir=DIR [--workdir=DIR2 ...] [--degree=3] [--d_min=4] [--out=PATH] [--log]"""
+  sweep plot --workdir=DIR [--workdir=DIR2 ...] [--degree=3] [--d_min=4] [--out=PATH] [--log]
+  sweep plan --config=FILE [--device=NAME] [--calibrate=WORKDIR] [--json]"""
 
 FLAGS = flags.FLAGS
 _command_line: list[str] = []  # the command as typed, subcommand included, for "resume with"
@@ -246,8 +248,26 @@ def geometry_table(argv) -> None:
   sys.exit(1 if failed else 0)
 
 
+
+def plan(argv) -> None:
+  """Compile the sweep's programs, never train, and print what the sweep will cost."""
+  del argv
+  from sweep import plan as plan_lib  # compiles; only this command needs it
+  logging.set_verbosity(logging.WARNING)
+  try:
+    device = plan_lib.device_named(FLAGS.device)
+    steps = plan_lib.StepModel()
+    if FLAGS.calibrate:
+      results = Store(FLAGS.calibrate).load_results()
+      steps = plan_lib.calibrate(list(results.values()), f"{FLAGS.calibrate}/results.jsonl")
+    report = plan_lib.plan_sweep(FLAGS.config, device, steps)
+  except (ValueError, FileNotFoundError) as error:
+    _fail(error)
+  print(json.dumps(report, indent=2) if FLAGS.json else plan_lib.format_plan(report))
+
+
 COMMANDS = {"run": run, "fit-qrels": fit_qrels, "status": status, "verify": verify,
-            "geometry": geometry_table}
+            "geometry": geometry_table, "plan": plan}
 
 
 def run_main() -> None:
@@ -271,6 +291,16 @@ def run_main() -> None:
     flags.DEFINE_integer("n_unbounded", 32, "Documents of the witness where d >= 2k (no limit).")
     flags.DEFINE_integer("lp_max_subsets", 2000, "Run the LP check where C(n, k) is at most this.")
     app.run(geometry_table)
+  if command == "plan":
+    config_flags.DEFINE_config_file("config", None, "A config file, e.g. experiments/paper.py.",
+                                    lock_config=True)
+    flags.mark_flag_as_required("config")
+    flags.DEFINE_string("device", "cpu", "Where the sweep will run: h100, a100, tpu-v4, tpu-v5e, "
+                        "tpu-v5p, tpu-v6e or cpu (measured here), optionally -CHIPS (tpu-v5e-8).")
+    flags.DEFINE_string("calibrate", None, "A finished workdir whose results.jsonl sets the "
+                        "steps each probe trains.")
+    flags.DEFINE_bool("json", False, "Print the plan as JSON.")
+    app.run(plan)
     return
   flags.DEFINE_string("workdir", None, "The sweep's directory (results, checkpoints, figure).",
                       required=True)

@@ -21,7 +21,8 @@ def default_config() -> ConfigDict:
       eval_every=50, num_queries=0, start_n=0, max_n=0, local_sweep=4, probes_per_search=2,
       start_window=0,
       max_slots=64, bucket_slots=0, chunk_evals=20, memory_budget_mb=2048.0, checkpoint_every_s=60.0,
-      protocol="free", warm_noise=0.0, qrels="", start_d=0, label=""))
+      protocol="free", warm_noise=0.0, qrels="", start_d=0, label="", query_tile=0,
+      matmul_precision="highest"))
 
 
 # free: learn queries and documents (the paper). centroid: learn documents only, each query
@@ -52,7 +53,7 @@ def validate_config(config: ConfigDict) -> None:
                          ("eval_every", 1), ("probes_per_search", 1), ("max_slots", 1), ("bucket_slots", 0),
                          ("chunk_evals", 1), ("seed", 0), ("num_queries", 0),
                          ("start_n", 0), ("max_n", 0), ("local_sweep", 0), ("start_d", 0),
-                         ("start_window", 0)):
+                         ("start_window", 0), ("query_tile", 0)):
     value = config[field]
     _check(isinstance(value, int) and value >= minimum, field, value, f"an integer >= {minimum}")
   for field, default in default_config().items():
@@ -71,6 +72,8 @@ def validate_config(config: ConfigDict) -> None:
     _check(min(dims) >= 2 * config.k, "dims", dims,
            f"every d >= 2k = {2 * config.k} for protocol {config.protocol!r}")
   _check(config.loss in objective.LOSS_FORMS, "loss", config.loss, f"one of {objective.LOSS_FORMS}")
+  _check(config.matmul_precision in objective.PRECISIONS, "matmul_precision",
+         config.matmul_precision, f"one of {tuple(objective.PRECISIONS)}")
   _check(config.start_n == 0 or config.start_n > config.k, "start_n", config.start_n,
          "0 (automatic) or > k")
   _check(config.max_n == 0 or config.max_n >= max(config.start_n, config.k + 1), "max_n",
@@ -85,4 +88,5 @@ def settings_of(config: ConfigDict) -> T.TrainSettings:
   return T.TrainSettings(loss=config.loss, optimizer=config.optimizer, max_steps=config.max_steps,
                          patience=config.patience, min_delta=config.min_delta,
                          eval_every=config.eval_every, chunk_evals=config.chunk_evals,
-                         centroid_queries=config.protocol == "centroid")
+                         centroid_queries=config.protocol == "centroid",
+                         query_tile=config.query_tile, matmul_precision=config.matmul_precision)

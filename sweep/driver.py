@@ -134,7 +134,7 @@ class Driver:
   # -- the buckets ------------------------------------------------------------------------
 
   def _fits_budget(self, shapes) -> bool:
-    return sum(batching.slot_bytes(s) * s.slots for s in shapes) <= self.config.memory_budget_mb * 2**20
+    return batching.buckets_fit(shapes, self.config.memory_budget_mb, self.settings)
 
   def _shape_of(self, probe: Probe) -> T.BucketShape:
     """The shape a probe trains in (scheduler.target_shape); a new class is remembered."""

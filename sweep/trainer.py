@@ -58,10 +58,19 @@ class TrainSettings:
   # Learn documents only; each query is the normalised centroid of its relevant documents
   # (the protocol of arXiv 2601.20844), instead of a free vector.
   centroid_queries: bool = False
+  # Query rows per block of the loss and the evaluation (0 = automatic, objective.query_tile).
+  query_tile: int = 0
+  # The training matmul's precision (objective.PRECISIONS); evaluation is always "highest".
+  matmul_precision: str = "highest"
 
   def __post_init__(self):
     if self.loss not in objective.LOSS_FORMS:
       raise ValueError(f"loss={self.loss!r} is not allowed: choose one of {objective.LOSS_FORMS}")
+    if self.matmul_precision not in objective.PRECISIONS:
+      raise ValueError(f"matmul_precision={self.matmul_precision!r} is not allowed: choose one "
+                       f"of {tuple(objective.PRECISIONS)}")
+    if self.query_tile < 0:
+      raise ValueError(f"query_tile={self.query_tile} is out of range: need >= 0 (0 = automatic)")
     _optimizer_factory(self.optimizer)
     for field in ("max_steps", "patience", "eval_every", "chunk_evals"):
       if getattr(self, field) < 1:
@@ -288,7 +297,8 @@ def slot_loss(settings: TrainSettings, slot: Slots, params):
   if settings.centroid_queries:
     queries = _centroids(slot.relevance, documents)
   return objective.infonce_loss(queries, documents, slot.relevance, slot.num_queries,
-                                slot.num_documents, slot.temperature, settings.loss)
+                                slot.num_documents, slot.temperature, settings.loss,
+                                settings.query_tile, settings.matmul_precision)
 
 
 def _slot_step(settings: TrainSettings, slot: Slots, state: TrainState) -> TrainState:
@@ -323,14 +333,16 @@ def _slot_step(settings: TrainSettings, slot: Slots, state: TrainState) -> Train
       stop_reason=reason.astype(jnp.int32))
 
 
-def _slot_evaluate(slot: Slots, state: TrainState, evaluated) -> TrainState:
+def _slot_evaluate(settings: TrainSettings, slot: Slots, state: TrainState,
+                   evaluated) -> TrainState:
   """Accuracy and margin after a block, for the slots that ran in it.
 
   A slot that stopped inside the block is evaluated on its final embeddings; if they
   retrieve every set, it is a success, as in the reference (any accuracy signal of 1.0).
   """
   accuracy, margin = objective.retrieval_metrics(
-      state.queries, state.documents, slot.relevance, slot.num_queries, slot.num_documents)
+      state.queries, state.documents, slot.relevance, slot.num_queries, slot.num_documents,
+      settings.query_tile)
   evaluated &= state.stop_reason != StopReason.NONFINITE
   solved = evaluated & (accuracy >= 1.0)
   return state.replace(
@@ -346,8 +358,8 @@ def train_step(settings: TrainSettings, slots: Slots, state: TrainState) -> Trai
   return jax.vmap(functools.partial(_slot_step, settings))(slots, state)
 
 
-def evaluate(slots: Slots, state: TrainState, evaluated) -> TrainState:
-  return jax.vmap(_slot_evaluate)(slots, state, evaluated)
+def evaluate(settings: TrainSettings, slots: Slots, state: TrainState, evaluated) -> TrainState:
+  return jax.vmap(functools.partial(_slot_evaluate, settings))(slots, state, evaluated)
 
 
 # ---------------------------------------------------------------------------------------
@@ -424,7 +436,7 @@ def _local_chunk(settings: TrainSettings, slots: Slots, state: TrainState, end_o
     running = state.stop_reason == StopReason.RUNNING
     state, _ = jax.lax.scan(lambda s, _: (train_step(settings, slots, s), None), state,
                             length=settings.eval_every)
-    return blocks_done + 1, evaluate(slots, state, running)
+    return blocks_done + 1, evaluate(settings, slots, state, running)
 
   def go_on(carry):
     blocks_done, state = carry

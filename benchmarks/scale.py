@@ -1,0 +1,161 @@
+"""One slot at paper scale: the old loss against the blocked one, and the plan against both.
+
+    python benchmarks/scale.py [--dims=8,16,24,32] [--steps=10] [--repeats=3] [--device=cpu]
+
+For each d at the paper's critical n (Table 6), one slot of its padded shape trains a fixed
+number of steps with the trainer's own step, once with the loss this engine used before
+(`old_infonce_loss`: log-softmax over the whole masked q x n matrix, differentiated by
+autodiff) and once with objective.infonce_loss; the two are timed interleaved in one process.
+It prints steps/s of each, the blocked loss's achieved GFLOP/s (XLA's FLOPs of a step), the
+memory one slot of the real training chunk took (peak device memory where JAX reports it,
+else the peak resident memory of a fresh process), and the plan's prediction for it
+(sweep/plan.py: memory per slot from XLA, roofline step time on --device).
+"""
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from plots.critical_n import read_paper_table6
+from sweep import batching, objective, plan
+from sweep import trainer as T
+
+_DIMS = flags.DEFINE_list("dims", ["8", "16", "24", "32"], "dimensions (45 needs an accelerator)")
+_STEPS = flags.DEFINE_integer("steps", 10, "training steps per timed run")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "timed runs of each loss (the best counts)")
+_DEVICE = flags.DEFINE_string("device", "cpu", "device of the plan's roofline (plan.DEVICES)")
+_MEASURE = flags.DEFINE_integer("measure_memory_of", 0, "internal: measure one d and exit")
+
+
+def old_infonce_loss(queries, documents, relevance, num_queries, num_documents, temperature,
+                     form="code", tile=0, precision="highest"):
+  """The loss before query blocks: every q x n intermediate materialised, autodiff backward."""
+  del tile, precision
+  query_mask = jnp.arange(relevance.shape[0]) < num_queries
+  document_mask = jnp.arange(documents.shape[0]) < num_documents
+  relevance_mask = (relevance[:, :, None] == jnp.arange(documents.shape[0])).any(axis=1)
+  relevance_mask &= query_mask[:, None]
+  logits = jnp.where(document_mask, queries @ documents.T, -jnp.inf) / temperature
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  if form == "code":
+    return -jnp.where(relevance_mask, log_probs, 0.0).sum() / jnp.maximum(relevance_mask.sum(), 1)
+  summed = relevance_mask | ~query_mask[:, None]
+  relevant_mass = jax.nn.logsumexp(jnp.where(summed, log_probs, -jnp.inf), axis=-1)
+  relevant_mass = jnp.where(query_mask, relevant_mass, 0.0)
+  return -relevant_mass.sum() / jnp.maximum(query_mask.sum(), 1)
+
+
+@contextlib.contextmanager
+def traced_with(loss):
+  """Trace the trainer's own step with `loss` in place of objective.infonce_loss."""
+  current = objective.infonce_loss
+  objective.infonce_loss = loss
+  try:
+    yield
+  finally:
+    objective.infonce_loss = current
+
+
+def slot_of(d: int):
+  n = {r["d"]: r["critical_n"] for r in read_paper_table6()}[d]
+  config = T.Configuration(d=d, n=n)
+  return config, batching.shape_class(config)
+
+
+def timed_steps(settings, config, shape, loss):
+  """A jitted run of --steps trainer steps of one slot, traced with `loss`, ready to time."""
+  slots = T.place(T.pack([config], shape))
+  state = jax.jit(T.start_optimizer, static_argnums=0)(
+      settings, slots, T.place(T.init_state(settings, shape, [config])))
+  run = jax.jit(lambda slots, state: jax.lax.fori_loop(
+      0, _STEPS.value, lambda _, s: T.train_step(settings, slots, s), state))
+  with traced_with(loss):
+    compiled = run.lower(slots, state).compile()
+  jax.block_until_ready(compiled(slots, state))
+  return lambda: jax.block_until_ready(compiled(slots, state))
+
+
+def resident_bytes() -> int:
+  with open("/proc/self/statm") as f:
+    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def measure_memory(d: int) -> int:
+  """Peak memory of one slot's real training chunk, in this fresh process."""
+  settings = T.TrainSettings(max_steps=_STEPS.value, eval_every=_STEPS.value, chunk_evals=1)
+  config, shape = slot_of(d)
+  slots, state = T.pack([config], shape), T.init_state(settings, shape, [config])
+  chunk = T.train_chunk.lower(settings, slots, state, True).compile()
+  device = jax.local_devices()[0]
+  if device.memory_stats():
+    before = device.memory_stats()["bytes_in_use"]
+    jax.block_until_ready(chunk(slots, state, True))
+    return device.memory_stats()["peak_bytes_in_use"] - before
+  peak, done = [resident_bytes()], threading.Event()
+  before = peak[0]
+
+  def sample():
+    while not done.is_set():
+      peak[0] = max(peak[0], resident_bytes())
+      time.sleep(0.0005)
+
+  sampler = threading.Thread(target=sample)
+  sampler.start()
+  jax.block_until_ready(chunk(slots, state, True))
+  done.set()
+  sampler.join()
+  return peak[0] - before
+
+
+def measured_in_child(d: int) -> int:
+  command = [sys.executable, __file__, f"--measure_memory_of={d}", f"--steps={_STEPS.value}"]
+  done = subprocess.run(command, capture_output=True, text=True, check=True)
+  return json.loads(done.stdout.strip().splitlines()[-1])["bytes"]
+
+
+def main(argv):
+  del argv
+  if _MEASURE.value:
+    print(json.dumps({"bytes": measure_memory(_MEASURE.value)}))
+    return
+  device = plan.device_named(_DEVICE.value)
+  settings = T.TrainSettings(max_steps=_STEPS.value, eval_every=_STEPS.value, chunk_evals=1)
+  print(f"one slot, {_STEPS.value} steps per run, best of {_REPEATS.value}, on "
+        f"{jax.devices()[0].device_kind}; plan roofline on {device.name}")
+  print(f"{'d':>3} {'n':>4} {'shape q x n x d':>18} {'old st/s':>9} {'new st/s':>9} "
+        f"{'speed-up':>8} {'GFLOP/s':>8} {'measured MiB':>12} {'plan MiB':>9} {'plan/meas':>9} "
+        f"{'plan ms/step':>12}")
+  for d in map(int, _DIMS.value):
+    config, shape = slot_of(d)
+    runs = {name: timed_steps(settings, config, shape, loss)
+            for name, loss in (("old", old_infonce_loss), ("new", objective.infonce_loss))}
+    best = {name: np.inf for name in runs}
+    for _ in range(_REPEATS.value):
+      for name, run in runs.items():  # interleaved: both see the same machine load
+        start = time.perf_counter()
+        run()
+        best[name] = min(best[name], time.perf_counter() - start)
+    rate = {name: _STEPS.value / seconds for name, seconds in best.items()}
+    cost = plan.shape_cost(settings, shape, plan.device_named("cpu") if jax.default_backend() == "cpu"
+                           else device)
+    predicted = plan.shape_cost(settings, shape, device)
+    measured = measured_in_child(d)
+    print(f"{d:>3} {config.n:>4} {f'{shape.queries}x{shape.documents}x{shape.dims}':>18} "
+          f"{rate['old']:>9.1f} {rate['new']:>9.1f} {rate['new'] / rate['old']:>7.2f}x "
+          f"{cost.step_flops * rate['new'] / 1e9:>8.1f} {measured / 2**20:>12.1f} "
+          f"{cost.slot_bytes / 2**20:>9.1f} {cost.slot_bytes / measured:>9.2f} "
+          f"{plan.step_seconds(predicted, device, settings.matmul_precision) * 1e3:>12.3f}",
+          flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
