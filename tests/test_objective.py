@@ -25,8 +25,9 @@ def padded_slot(form, tile, temperature=0.2):
   shape = T.BucketShape(slots=2, queries=21, documents=7, dims=6, width=2)
   configs = [config, T.Configuration(d=6, n=7)]
   slots = T.pack(configs, shape)
-  # The same for every loss setting.
-  state = jax.tree.map(jnp.asarray, T.init_state(T.TrainSettings(), shape, configs))
+  # The same for every loss setting, its optimizer started as a chunk starts it.
+  state = jax.jit(T.start_optimizer, static_argnums=0)(
+      T.TrainSettings(), slots, T.init_state(T.TrainSettings(), shape, configs))
   return settings, config, jax.tree.map(lambda x: x[0], slots), jax.tree.map(lambda x: x[0], state)
 
 
