@@ -10,6 +10,7 @@ import math
 import subprocess
 import sys
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
@@ -198,9 +199,9 @@ def test_geometry_command_refuses_bad_input_in_one_line(args, message):
 
 
 def test_the_figure_draws_the_geometric_limit_as_its_own_series():
-  figure, ax = critical_n.plt.subplots()
+  figure, ax = plt.subplots()
   line, band = critical_n._draw_geometric_limit(ax, 3, 2, 9)
   assert list(line.get_xdata()) == [2, 3, 4, 5]
   assert list(line.get_ydata()) == [geometry.critical_n(d, 3) for d in (2, 3, 4, 5)]
   assert "no limit from d = 2k = 6" in band.get_label()
-  critical_n.plt.close(figure)
+  plt.close(figure)
