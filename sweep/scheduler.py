@@ -49,7 +49,7 @@ class Placement:
 
 # A probe may train in a shape the sweep already compiled, instead of its own class, when
 # its own cells (queries x documents x dims) fill at least this much of that shape's.
-MIN_FILL = 0.5
+MIN_FILL = 0.7
 
 
 def cells(shape: BucketShape) -> int:

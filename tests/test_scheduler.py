@@ -62,7 +62,7 @@ def test_half_empty_buckets_of_one_shape_are_packed_into_one():
   assert placements[1].source is None
 
 
-def test_a_probe_reuses_a_compiled_shape_it_fills_at_least_half():
+def test_a_probe_reuses_a_compiled_shape_it_fills_well_enough():
   own = shape(40, 12, 4)
   assert scheduler.target_shape(own, [shape(48, 12, 4)]) == shape(48, 12, 4)
   assert scheduler.target_shape(own, [shape(112, 16, 4)]) == own  # 1920 of 7168 cells
