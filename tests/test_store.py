@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 from sweep import store as store_lib
@@ -56,3 +58,28 @@ def test_results_lines_are_strict_json():
     (KeyError("params"), False)])
 def test_store_errors_are_retried_checkpoint_errors_set_aside(error, transient):
   assert store_lib._is_transient(error) is transient
+
+
+def test_a_store_error_while_restoring_is_retried_then_reported_and_nothing_is_moved(tmp_path):
+  store = Store(str(tmp_path))
+  state = {"x": np.arange(4.0)}
+  store.save_checkpoint(3, state, {"chunk": 3})
+  failures = []
+
+  def flaky(driver):  # the store fails twice, then answers
+    if len(failures) < 2:
+      failures.append(driver["chunk"])
+      raise ConnectionError("the store is unreachable")
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+
+  step, restored, driver = store.restore_checkpoint(flaky, retry_seconds=0.01)
+  assert (step, driver, failures) == (3, {"chunk": 3}, [3, 3])
+  np.testing.assert_array_equal(restored["x"], state["x"])
+
+  def unreachable(driver):
+    raise ConnectionError("the store is unreachable")
+
+  with pytest.raises(store_lib.CheckpointUnreadable, match="nothing was moved or deleted"):
+    store.restore_checkpoint(unreachable, retry_seconds=0.01)
+  assert store.checkpoints.all_steps() == [3] and not list(tmp_path.glob("checkpoint-*"))
+  store.close()
