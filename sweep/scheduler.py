@@ -1,11 +1,12 @@
 """Which probe trains in which slot of which bucket: several buckets, each sized to its probes.
 
-A probe belongs to the shape class of its configuration (batching.shape_class): probes of very
-different sizes never share one padded shape. Each class has at most one live bucket, a
-compiled program of its own; its slot count grows when its probes need room and shrinks when
-most of its slots are idle, over a small set of counts so that few programs are compiled.
-Every decision here is a pure function of the buckets and the queue, so a resumed sweep makes
-the same ones as an uninterrupted sweep.
+A probe trains in the shape class of its configuration (batching.shape_class), or in a shape
+the sweep already compiled that it fills well (target_shape): probes of very different sizes
+never share one padded shape, and a sweep compiles few. Every bucket has the same slot count,
+so each shape is one compiled program however many buckets of it are live; a shape gets more
+buckets when its probes need room, and its buckets are packed together when they empty.
+Every decision here is a pure function of the buckets, the queue and the shapes compiled so
+far, so a resumed sweep makes the same ones as an uninterrupted sweep.
 """
 
 from __future__ import annotations
