@@ -229,7 +229,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
 
 def test_status_prints_brackets(tmp_path):
   store = Store(str(tmp_path))
-  driver_lib.Driver(tiny_config(dims=(2,)), store).run(progress=lambda _: None)
+  driver = driver_lib.Driver(tiny_config(dims=(2,)), store)
+  driver.run(progress=lambda _: None)
   store.close()
   process = sweep("status", f"--workdir={tmp_path}", "--json")
   out, err = process.communicate(timeout=60)
@@ -238,6 +239,7 @@ def test_status_prints_brackets(tmp_path):
   assert status["searches"][0]["d"] == 2 and status["searches"][0]["done"] is True
   assert status["searches"][0]["status"] == "measured" and status["lock"] is None
   assert status["configurations_finished"] == len((tmp_path / "results.jsonl").read_text().splitlines())
+  assert status["efficiency"] == driver.stats() and 0 < status["efficiency"]["slot_occupancy"] <= 1
 
 
 def test_sampled_queries_cap_at_the_full_problem(tmp_path):
