@@ -4,7 +4,7 @@ r"""Critical d of LIMIT-small's qrels (1000 queries x 46 documents, 2 relevant e
 
 The paper reports that free embeddings fit this relevance matrix exactly at d = 12. The
 search runs over d with the reference protocol; several d probes and their restarts train
-together in one padded bucket.
+together.
 """
 
 from sweep.config import default_config

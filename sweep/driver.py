@@ -1,11 +1,12 @@
 """The sweep: all its searches at once (critical n per d, or critical d of a relevance
-matrix; see sweeps.py), fed by one bucket of slots.
+matrix; see sweeps.py), fed by several buckets of slots (scheduler.py).
 
-Each chunk boundary: finished slots are harvested (results.jsonl grows, searches learn the
-outcome of every point whose restarts are all done), searches propose new points, and free slots
-take the queued probes (continuous batching; the bucket grows or shrinks when the probes
-need it). Nothing here depends on timing, only on the config and the outcomes, so a
-resumed sweep replays exactly what an uninterrupted one does.
+Each round: every live bucket trains a chunk (dispatched together), finished slots are
+harvested (results.jsonl grows, searches learn the outcome of every point whose restarts are
+all done), searches propose new points, and free slots take the queued probes (continuous
+batching; buckets are added, packed and dropped as the probes need). Nothing here depends on
+timing, only on the config and the outcomes, so a resumed sweep replays exactly what an
+uninterrupted one does.
 """
 
 from __future__ import annotations
