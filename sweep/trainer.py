@@ -238,14 +238,19 @@ def initial_embeddings(config: Configuration, centroid_queries: bool = False):
   return queries.astype(np.float32), documents.astype(np.float32)
 
 
-def _opt_state_zeros(settings: TrainSettings, shape: BucketShape):
-  """Zeros shaped like the optimizer state of a bucket (its values are set on the device)."""
+@functools.cache
+def _opt_state_structure(settings: TrainSettings, shape: BucketShape):
+  """The optimizer state's shapes and dtypes for a bucket, traced once per bucket shape."""
   rows = lambda r: jax.ShapeDtypeStruct((shape.slots, r, shape.dims), jnp.float32)
-  abstract = jax.eval_shape(
+  return jax.eval_shape(
       jax.vmap(lambda p, lr: settings.optimizer_for(lr).init(p)),
       (rows(shape.queries), rows(shape.documents)),
       jax.ShapeDtypeStruct((shape.slots,), jnp.float32))
-  return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract)
+
+
+def _opt_state_zeros(settings: TrainSettings, shape: BucketShape):
+  """Zeros shaped like the optimizer state of a bucket (its values are set on the device)."""
+  return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), _opt_state_structure(settings, shape))
 
 
 def init_state(settings: TrainSettings, shape: BucketShape, configs, previous: TrainState | None = None,
