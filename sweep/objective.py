@@ -3,14 +3,15 @@
 Every function sees one configuration, possibly padded: `relevance` [q_pad, r] lists each
 query's relevant documents (-1 where unused, no repeats), and only the first `num_queries`
 queries and `num_documents` documents are real. Padded documents never enter a softmax or a
-top-k, and padded queries carry no loss and no accuracy. The trainer vmaps these over its
+top-k, and padded queries carry no loss and no accuracy. The trainer maps these over its
 slots.
 
 Memory: the q x n score matrix dominates at paper scale (204,480 x 640 at d = 45), so
-nothing here holds more than a block of it at a time (XLA keeps about two block-sized
-buffers). Queries are cut into blocks of `query_tile` rows (0 = automatic, see
-`query_tile`); the loss keeps only each query's log-sum-exp from its forward pass, and its
-gradient recomputes the scores block by block (`jax.custom_vjp`).
+nothing here holds more than one block of it at a time, and every pass over a block reads
+it or overwrites it in place (see _block_logits). Queries are cut into blocks of
+`query_tile` rows (0 = automatic, see `query_tile`); the loss keeps only each query's
+log-sum-exp from its forward pass, and its gradient recomputes the scores block by block
+(`jax.custom_vjp`).
 """
 
 from __future__ import annotations
@@ -84,25 +85,37 @@ def _over_blocks(body, carry, blocks, rows: int):
 # a dense part weighted by a_i, and a sparse target part on the relevant entries only.
 # ---------------------------------------------------------------------------------------
 
-def _block_logits(precision, documents, temperature, block):
-  """One block's logits [tile, n], padded documents not yet masked, and its relevant logits
-  z [tile, r] read from them (relevant documents are real).
+# Padded documents score this much lower than any real one (scores are at most 1/tau):
+# finite, so that no matmul or subtraction meets inf - inf, and exp() of it is 0.
+_PADDED_SCORE = -1e30
 
-  The readers (log-sum-exp, the gradient's exp pass) apply the document mask themselves;
-  z is read before the mask, from real documents only.
+
+def _document_penalty(documents, num_documents):
+  """[n]: 0 for real documents, _PADDED_SCORE for padded ones."""
+  padded = jnp.arange(documents.shape[0]) >= num_documents
+  return jnp.where(padded, _PADDED_SCORE, 0.0).astype(documents.dtype)
+
+
+def _block_logits(precision, scaled_documents, document_penalty, block):
+  """(logits [tile, n], relevant logits [tile, r], penalty [n]) of one block.
+
+  The logits are unmasked: readers add the penalty (0, or _PADDED_SCORE on padded
+  documents) and cut padded queries themselves. They are the block's one [tile, n] buffer,
+  which the gradient overwrites in place, so the relevant logits must be read first: the
+  penalty returned carries a zero-weighted term of them, which makes that order a data
+  dependency XLA keeps (it drops optimization barriers on the CPU). 1/temperature scales
+  the documents: applied to the logits, it would be one more pass over them.
   """
-  queries, relevance, _ = block
-  logits = jnp.matmul(queries, documents.T, precision=precision) / temperature
+  queries, relevance = block[:2]
+  logits = jnp.matmul(queries, scaled_documents.T, precision=precision)
   relevant = jnp.take_along_axis(logits, jnp.maximum(relevance, 0), axis=-1)
-  return logits, relevant
+  return logits, relevant, document_penalty + 0.0 * relevant.sum()
 
 
-def _masked_logsumexp(scores, document_mask):
-  """Row log-sum-exp over real documents; each reduction applies the mask itself."""
-  top = jnp.max(jnp.where(document_mask, scores, -jnp.inf), axis=-1)
-  top = jnp.where(jnp.isfinite(top), top, 0.0)
-  total = jnp.sum(jnp.where(document_mask, jnp.exp(scores - top[:, None]), 0.0), axis=-1)
-  return top + jnp.log(total)
+def _logsumexp(logits):
+  """Row log-sum-exp; padded documents add exp(_PADDED_SCORE - top) = 0."""
+  top = jnp.max(logits, axis=-1)
+  return top + jnp.log(jnp.sum(jnp.exp(logits - top[:, None]), axis=-1))
 
 
 def _pair_weights(form, relevant, valid, pairs, real, counted):
@@ -124,14 +137,15 @@ def _pair_weights(form, relevant, valid, pairs, real, counted):
   return weight, weight[:, None] * share, weight * relevant_lse
 
 
-def _infonce_parts(tile, queries, documents, relevance, num_queries, num_documents):
-  """Blocks and counts shared by the forward and the backward pass."""
+def _infonce_parts(tile, queries, documents, relevance, num_queries, num_documents,
+                   temperature):
+  """Blocks, score operands and counts shared by the forward and the backward pass."""
   rows = queries.shape[0]
   real = jnp.arange(rows) < num_queries
   valid = (relevance >= 0) & real[:, None]
   blocks = (_blocks(queries, tile, 0.0), _blocks(relevance, tile, -1), _blocks(real, tile, False))
-  document_mask = jnp.arange(documents.shape[0]) < num_documents
-  return blocks, document_mask, valid.sum(), real.sum()
+  return (blocks, documents / temperature, _document_penalty(documents, num_documents),
+          valid.sum(), real.sum())
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
@@ -143,16 +157,19 @@ def _infonce(form, tile, precision, queries, documents, relevance, num_queries,
 
 def _infonce_forward(form, tile, precision, queries, documents, relevance, num_queries,
                      num_documents, temperature):
-  blocks, document_mask, pairs, counted = _infonce_parts(
-      tile, queries, documents, relevance, num_queries, num_documents)
+  blocks, scaled, penalty, pairs, counted = _infonce_parts(
+      tile, queries, documents, relevance, num_queries, num_documents, temperature)
 
   def body(loss, block):
-    logits, relevant = _block_logits(precision, documents, temperature, block)
+    logits, relevant, penalty_after = _block_logits(precision, scaled, penalty, block)
     _, relevance_block, real = block
-    lse = jnp.where(real, _masked_logsumexp(logits, document_mask), 0.0)
+    lse = _logsumexp(logits + penalty_after)
     a, _, relevant_term = _pair_weights(form, relevant, (relevance_block >= 0) & real[:, None],
                                         pairs, real, counted)
-    return loss + (a * lse - relevant_term).sum(), lse
+    # Padded queries weigh 0; their log-sum-exp is saved as -_PADDED_SCORE, so that the
+    # backward pass's exp(logit - lse) is 0 for them without a mask.
+    loss = loss + (a * jnp.where(real, lse, 0.0) - relevant_term).sum()
+    return loss, jnp.where(real, lse, -_PADDED_SCORE)
 
   # Initial carries are made from inputs, so under shard_map they vary over slots as theirs.
   loss, lse = _over_blocks(body, jnp.zeros_like(temperature), blocks, queries.shape[0])
@@ -161,32 +178,34 @@ def _infonce_forward(form, tile, precision, queries, documents, relevance, num_q
 
 def _infonce_backward(form, tile, precision, residuals, cotangent):
   queries, documents, relevance, num_queries, num_documents, temperature, lse = residuals
-  blocks, document_mask, pairs, counted = _infonce_parts(
-      tile, queries, documents, relevance, num_queries, num_documents)
-  blocks = blocks + (_blocks(lse, tile, 0.0),)
+  blocks, scaled, penalty, pairs, counted = _infonce_parts(
+      tile, queries, documents, relevance, num_queries, num_documents, temperature)
+  blocks = blocks + (_blocks(lse, tile, -_PADDED_SCORE),)
   scale = cotangent / temperature
 
   def body(grad_documents, block):
     block_queries, relevance_block, real, block_lse = block
-    logits, relevant = _block_logits(precision, documents, temperature, block[:3])
+    logits, relevant, penalty_after = _block_logits(precision, scaled, penalty, block)
     valid = (relevance_block >= 0) & real[:, None]
     a, t, _ = _pair_weights(form, relevant, valid, pairs, real, counted)
-    # a_i softmax_ij - t_ij in one elementwise pass over the block: padded documents and
-    # padded queries (whatever they hold) give exp(-inf) = 0; the targets are placed by
-    # comparing column indices, so no [tile, r, d] gather or scatter is needed.
+    # a_i softmax_ij - t_ij in one elementwise pass, written in place of the logits: exp()
+    # is 0 on padded documents and padded queries; the targets are placed by comparing
+    # column indices, each inside the select that uses it (a float target matrix of its own
+    # is constant in code form, and XLA hoisted two of them out of the training loop).
     columns = jnp.arange(documents.shape[0])
-    keep = real[:, None] & document_mask
-    dense = a[:, None] * jnp.exp(jnp.where(keep, logits - block_lse[:, None], -jnp.inf))
-    for r in range(relevance_block.shape[1]):  # a sum of elementwise terms fuses; a reduce would not
-      dense -= jnp.where(relevance_block[:, r, None] == columns, t[:, r, None], 0.0)
+    dense = a[:, None] * jnp.exp((logits - block_lse[:, None]) + penalty_after)
+    for r in range(relevance_block.shape[1]):
+      dense = jnp.where(relevance_block[:, r, None] == columns, dense - t[:, r, None], dense)
     grad_queries = jnp.matmul(dense, documents, precision=precision)
-    # (Q^T dense)^T contracts dense along its rows without a transposed copy of it.
-    grad_documents += jnp.matmul(block_queries.T, dense, precision=precision).T
+    # Q^T dense is kept [d, n] until the end, with the transposed queries as a masked copy
+    # (padded queries are 0 in dense anyway): the CPU multiplies that form fastest.
+    grad_documents += jnp.matmul(jnp.where(real, block_queries.T, 0.0), dense,
+                                 precision=precision)
     return grad_documents, grad_queries * scale
 
-  grad_documents, grad_queries = _over_blocks(body, jnp.zeros_like(documents), blocks,
+  grad_documents, grad_queries = _over_blocks(body, jnp.zeros_like(documents.T), blocks,
                                               queries.shape[0])
-  return grad_queries, grad_documents * scale, None, None, None, None
+  return grad_queries, grad_documents.T * scale, None, None, None, None
 
 
 _infonce.defvjp(_infonce_forward, _infonce_backward)
@@ -229,20 +248,22 @@ def retrieval_metrics(queries, documents, relevance, num_queries, num_documents,
   rows = query_tile(queries.shape[0], documents.shape[0], tile)
   real = jnp.arange(queries.shape[0]) < num_queries
   blocks = (_blocks(queries, rows, 0.0), _blocks(relevance, rows, -1), _blocks(real, rows, False))
-  document_mask = jnp.arange(documents.shape[0]) < num_documents
+  penalty = _document_penalty(documents, num_documents)
 
   def body(carry, block):
-    block_queries, relevance_block, real_block = block
+    _, relevance_block, real_block = block
     relevance_block = jnp.where(real_block[:, None], relevance_block, -1)
-    scores = jnp.matmul(block_queries, documents.T, precision=jax.lax.Precision.HIGHEST)
-    scores = jnp.where(document_mask, scores, -jnp.inf)  # padded documents never rank
+    # Padded documents score _PADDED_SCORE: they rank last and are never "other" documents.
+    scores, relevant_scores, penalty_after = _block_logits(
+        jax.lax.Precision.HIGHEST, documents, penalty, (block[0], relevance_block))
+    scores = scores + penalty_after
     top_scores, top_indices = jax.lax.top_k(scores, min(width + 1, scores.shape[1]))
     top_relevant = (top_indices[:, :, None] == relevance_block[:, None, :]).any(axis=-1)
     counts = (relevance_block >= 0).sum(axis=-1)
     found = (top_relevant[:, :width] & (jnp.arange(width) < counts[:, None])).sum()
-    relevant_scores = jnp.take_along_axis(scores, jnp.maximum(relevance_block, 0), axis=-1)
     lowest_relevant = jnp.where(relevance_block >= 0, relevant_scores, jnp.inf).min(axis=-1)
-    highest_other = jnp.where(top_relevant, -jnp.inf, top_scores).max(axis=-1)
+    other = ~top_relevant & (top_scores > _PADDED_SCORE / 2)
+    highest_other = jnp.where(other, top_scores, -jnp.inf).max(axis=-1)
     margin = jnp.where(real_block, lowest_relevant - highest_other, jnp.inf).min()
     found_total, relevant_total, margin_min = carry
     return (found_total + found, relevant_total + counts.sum(),
