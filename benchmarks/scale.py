@@ -1,6 +1,6 @@
 """One slot at paper scale: the old loss against the blocked one, and the plan against both.
 
-    python benchmarks/scale.py [--dims=8,16,24,32] [--steps=10] [--repeats=3] [--device=cpu]
+    python benchmarks/scale.py [--dims=8,16,24,32] [--steps=50] [--repeats=5] [--device=cpu]
 
 For each d at the paper's critical n (Table 6), one slot of its padded shape trains a fixed
 number of steps with the trainer's own step, once with the loss this engine used before
@@ -8,11 +8,12 @@ number of steps with the trainer's own step, once with the loss this engine used
 autodiff) and once with objective.infonce_loss; the two are timed interleaved in one process.
 It prints steps/s of each, the blocked loss's achieved GFLOP/s (XLA's FLOPs of a step), the
 memory one slot of the real training chunk took (peak device memory where JAX reports it,
-else the peak resident memory of a fresh process), and the plan's prediction for it
+else the peak of the C heap in a fresh process), and the plan's prediction for it
 (sweep/plan.py: memory per slot from XLA, roofline step time on --device).
 """
 
 import contextlib
+import ctypes
 import json
 import os
 import subprocess
@@ -30,8 +31,8 @@ from sweep import batching, objective, plan
 from sweep import trainer as T
 
 _DIMS = flags.DEFINE_list("dims", ["8", "16", "24", "32"], "dimensions (45 needs an accelerator)")
-_STEPS = flags.DEFINE_integer("steps", 10, "training steps per timed run")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "timed runs of each loss (the best counts)")
+_STEPS = flags.DEFINE_integer("steps", 50, "training steps per timed run")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "timed runs of each loss (the best counts)")
 _DEVICE = flags.DEFINE_string("device", "cpu", "device of the plan's roofline (plan.DEVICES)")
 _MEASURE = flags.DEFINE_integer("measure_memory_of", 0, "internal: measure one d and exit")
 
@@ -84,33 +85,62 @@ def timed_steps(settings, config, shape, loss):
   return lambda: jax.block_until_ready(compiled(slots, state))
 
 
-def resident_bytes() -> int:
-  with open("/proc/self/statm") as f:
-    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+class _MallInfo2(ctypes.Structure):
+  _fields_ = [(name, ctypes.c_size_t) for name in (
+      "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+      "fordblks", "keepcost")]
+
+
+def heap_bytes() -> int:
+  """Bytes the C heap has handed out and not taken back (glibc), else the resident set.
+
+  XLA's CPU buffers come from the heap, so this sees them come and go; the resident set
+  also holds one-time allocations and pages that malloc keeps after a free.
+  """
+  try:
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _MallInfo2
+    info = libc.mallinfo2()
+    return info.uordblks + info.hblkhd
+  except (OSError, AttributeError):
+    with open("/proc/self/statm") as f:
+      return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def chunk_runner(settings, config, shape):
+  """A compiled training chunk of one slot and a call that runs it on freshly placed inputs."""
+  slots, state = T.pack([config], shape), T.init_state(settings, shape, [config])
+  chunk = T.train_chunk.lower(settings, slots, state, True).compile()
+  return lambda: jax.block_until_ready(chunk(T.place(slots), T.place(state), True))
 
 
 def measure_memory(d: int) -> int:
-  """Peak memory of one slot's real training chunk, in this fresh process."""
+  """Peak memory of one slot's real training chunk (its inputs placed, its temporaries,
+  its outputs), in this fresh process.
+
+  A tiny chunk runs first, so that what the runtime sets up once (thread pools, kernel
+  state) is not counted as the slot's.
+  """
   settings = T.TrainSettings(max_steps=_STEPS.value, eval_every=_STEPS.value, chunk_evals=1)
-  config, shape = slot_of(d)
-  slots, state = T.pack([config], shape), T.init_state(settings, shape, [config])
-  chunk = T.train_chunk.lower(settings, slots, state, True).compile()
+  tiny = T.Configuration(d=2, n=4)
+  chunk_runner(settings, tiny, T.BucketShape.fitting([tiny]))()
+  run = chunk_runner(settings, *slot_of(d))
   device = jax.local_devices()[0]
   if device.memory_stats():
     before = device.memory_stats()["bytes_in_use"]
-    jax.block_until_ready(chunk(slots, state, True))
+    run()
     return device.memory_stats()["peak_bytes_in_use"] - before
-  peak, done = [resident_bytes()], threading.Event()
+  peak, done = [heap_bytes()], threading.Event()
   before = peak[0]
 
   def sample():
     while not done.is_set():
-      peak[0] = max(peak[0], resident_bytes())
-      time.sleep(0.0005)
+      peak[0] = max(peak[0], heap_bytes())
+      time.sleep(0.0002)
 
   sampler = threading.Thread(target=sample)
   sampler.start()
-  jax.block_until_ready(chunk(slots, state, True))
+  run()
   done.set()
   sampler.join()
   return peak[0] - before
