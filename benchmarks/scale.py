@@ -14,6 +14,7 @@ else the peak of the C heap in a fresh process), and the plan's prediction for i
 
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import subprocess
@@ -91,6 +92,13 @@ class _MallInfo2(ctypes.Structure):
       "fordblks", "keepcost")]
 
 
+@functools.cache
+def _mallinfo2():
+  libc = ctypes.CDLL("libc.so.6")
+  libc.mallinfo2.restype = _MallInfo2
+  return libc.mallinfo2
+
+
 def heap_bytes() -> int:
   """Bytes the C heap has handed out and not taken back (glibc), else the resident set.
 
@@ -98,9 +106,7 @@ def heap_bytes() -> int:
   also holds one-time allocations and pages that malloc keeps after a free.
   """
   try:
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = _MallInfo2
-    info = libc.mallinfo2()
+    info = _mallinfo2()()
     return info.uordblks + info.hblkhd
   except (OSError, AttributeError):
     with open("/proc/self/statm") as f:

@@ -116,7 +116,11 @@ def _block_logits(precision, scaled_documents, document_penalty, block):
 
 
 def _logsumexp(logits):
-  """Row log-sum-exp; padded documents add exp(_PADDED_SCORE - top) = 0."""
+  """Row log-sum-exp; padded documents add exp(_PADDED_SCORE - top) = 0.
+
+  Not jax.nn.logsumexp: its guards against infinite maxima are passes of their own, and the
+  d = 45 step then keeps a second score buffer (2.0x instead of 1.01x).
+  """
   top = jnp.max(logits, axis=-1)
   return top + jnp.log(jnp.sum(jnp.exp(logits - top[:, None]), axis=-1))
 
