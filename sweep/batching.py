@@ -51,33 +51,48 @@ def slot_bytes(shape: BucketShape) -> int:
   return _FLOAT_BYTES * (embeddings + logits + shape.queries * shape.width)
 
 
-def budget_bytes(memory_budget_mb: float) -> float:
-  """memory_budget_mb, capped by the devices' own memory where JAX reports it."""
+def budget_bytes(memory_budget_mb: float, devices: tuple | None = None) -> float:
+  """memory_budget_mb, capped by the devices' own memory where it is known (default: this
+  process's devices)."""
   budget = memory_budget_mb * 2**20
+  device = memory.device_memory_bytes(devices)
+  count = len(devices) if devices else jax.device_count()
+  return budget if device is None else min(budget, device * count)
+
+
+def slot_fits_device(shape: BucketShape, memory_budget_mb: float) -> bool:
+  """Whether one slot of `shape` fits memory_budget_mb and one device, by the estimate."""
   device = memory.device_memory_bytes()
-  return budget if device is None else min(budget, device * jax.device_count())
+  return slot_bytes(shape) <= min(memory_budget_mb * 2**20, device or math.inf)
+
+
+def compiler_decides(devices: tuple | None = None) -> bool:
+  """On an accelerator the compiled program alone says what fits: its compiler lays buffers
+  out its own way (a TPU needs up to 3x what XLA's CPU backend does). On a CPU, memory is
+  plentiful and a compile is a cost, so the conservative estimate decides where it fits."""
+  return (devices or jax.devices())[0].platform != "cpu"
 
 
 def slots_within(shape: BucketShape, memory_budget_mb: float,
-                 settings: TrainSettings | None = None) -> int:
-  """How many slots of `shape` fit the budget (0 if not even one), at least `shape.slots`
-  exactly when they fit.
+                 settings: TrainSettings | None = None, devices: tuple | None = None) -> int:
+  """How many slots of `shape` fit the budget on `devices` (0 if not even one).
 
-  The conservative estimate decides when it fits anyway (tiny shapes never pay a compile);
-  otherwise, given the settings, the compiled program's measured memory does (memory.py,
-  cached per shape). Without settings only the estimate is used (the automatic max_n tries
-  many shapes).
+  Given the settings, the compiled program's measured memory decides (memory.py, cached per
+  shape), except on a CPU where the estimate already fits `shape.slots`; without settings
+  only the estimate is used (the automatic max_n tries many shapes).
   """
-  budget = budget_bytes(memory_budget_mb)
+  budget = budget_bytes(memory_budget_mb, devices)
   fit = int(budget // slot_bytes(shape))
-  if fit >= shape.slots or settings is None:
+  if settings is None or (fit >= shape.slots and not compiler_decides(devices)):
     return fit
-  return int(budget // memory.measured_slot_bytes(settings, shape))
+  return int(budget // memory.measured_slot_bytes(settings, shape, devices))
 
 
-def buckets_fit(shapes, memory_budget_mb: float, settings: TrainSettings) -> bool:
-  """Whether buckets of these shapes fit the budget together: by the conservative estimate,
-  else by each shape's measured memory."""
-  budget = budget_bytes(memory_budget_mb)
-  return (sum(slot_bytes(s) * s.slots for s in shapes) <= budget or
-          sum(memory.measured_slot_bytes(settings, s) * s.slots for s in shapes) <= budget)
+def buckets_fit(shapes, memory_budget_mb: float, settings: TrainSettings,
+                devices: tuple | None = None) -> bool:
+  """Whether buckets of these shapes fit the budget together: by each shape's measured
+  memory, or on a CPU by the conservative estimate where that fits."""
+  budget = budget_bytes(memory_budget_mb, devices)
+  if not compiler_decides(devices) and sum(slot_bytes(s) * s.slots for s in shapes) <= budget:
+    return True
+  return sum(memory.measured_slot_bytes(settings, s, devices) * s.slots for s in shapes) <= budget

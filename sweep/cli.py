@@ -18,7 +18,7 @@ from ml_collections import config_flags
 from sweep import config as config_lib
 from sweep import compilation, construct
 from sweep import driver as driver_lib
-from sweep import geometry
+from sweep import geometry, hardware
 from sweep import store as store_lib
 from sweep.store import Store
 
@@ -264,6 +264,11 @@ def plan(argv) -> None:
   except (ValueError, FileNotFoundError) as error:
     _fail(error)
   print(json.dumps(report, indent=2) if FLAGS.json else plan_lib.format_plan(report))
+  if report["unmeasurable"]:  # a preflight: refuse what could only end as a lower bound
+    if FLAGS.json:  # the table's last lines say it; JSON readers get it on stderr
+      print("\n".join(f"cannot measure {u['reason']}" for u in report["unmeasurable"]),
+            file=sys.stderr)
+    sys.exit(3)
 
 
 COMMANDS = {"run": run, "fit-qrels": fit_qrels, "status": status, "verify": verify,
@@ -275,6 +280,7 @@ def run_main() -> None:
   if len(sys.argv) < 2 or sys.argv[1] not in (*COMMANDS, "plot"):
     sys.exit(USAGE)
   _command_line[:] = sys.argv
+  hardware.quiet_tpu_runtime()
   # gcsfs logs a traceback when a request runs out of retries; the command says it in one line.
   std_logging.getLogger("gcsfs").setLevel(std_logging.CRITICAL)
   command = sys.argv.pop(1)
@@ -295,8 +301,9 @@ def run_main() -> None:
     config_flags.DEFINE_config_file("config", None, "A config file, e.g. experiments/paper.py.",
                                     lock_config=True)
     flags.mark_flag_as_required("config")
-    flags.DEFINE_string("device", "cpu", "Where the sweep will run: h100, a100, tpu-v4, tpu-v5e, "
-                        "tpu-v5p, tpu-v6e or cpu (measured here), optionally -CHIPS (tpu-v5e-8).")
+    flags.DEFINE_string("device", "cpu", "Where the sweep will run: h100, h200, a100, tpu-v4, "
+                        "tpu-v5e, tpu-v5p, tpu-v6e or cpu (measured here), optionally -CHIPS "
+                        "(tpu-v5e-8; a TPU's chips must be one of its slices).")
     flags.DEFINE_string("calibrate", None, "A finished workdir whose results.jsonl sets the "
                         "steps each probe trains.")
     flags.DEFINE_bool("json", False, "Print the plan as JSON.")

@@ -29,62 +29,33 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sweep import batching, memory, objective, search, sweeps
+from sweep import batching, hardware, memory, objective, scheduler, search, sweeps
 from sweep import trainer as T
 from sweep.config import settings_of, validate_config
 
 SUCCESS_STEPS = 2_000
 FAILURE_STEPS = 5_000
 _GIGA, _TERA = 1e9, 1e12
-
-
-@dataclasses.dataclass(frozen=True)
-class Device:
-  """Published peak matmul throughput per training precision, memory bandwidth and size.
-
-  `flops` maps objective.PRECISIONS names to FLOP/s: on a GPU "highest" is float32 on the
-  CUDA cores and "high"/"default" TF32 on the tensor cores; on a TPU "default" is one
-  bfloat16 pass, "high" three and "highest" six. `launch_floor_s` is the least a training
-  step of a bucket takes (kernel launches), however small.
-  """
-  name: str
-  flops: dict
-  bandwidth: float  # bytes/s
-  memory: float     # bytes per chip
-  launch_floor_s: float
-  tile_backend: str  # whose automatic query tile the device's programs use
-  chips: int = 1
-
-
-def _gpu(name, fp32, tf32, bandwidth, memory_gb):
-  return Device(name, {"highest": fp32 * _TERA, "high": tf32 * _TERA, "default": tf32 * _TERA},
-                bandwidth * _TERA, memory_gb * _GIGA, 3e-5, "gpu")
-
-
-def _tpu(name, bf16, bandwidth, memory_gb):
-  return Device(name, {"highest": bf16 / 6 * _TERA, "high": bf16 / 3 * _TERA,
-                       "default": bf16 * _TERA}, bandwidth * _TERA, memory_gb * _GIGA, 1e-5, "tpu")
-
-
-# Vendor data sheets (dense, no sparsity): H100 SXM5 80 GB, A100 SXM4 80 GB, Cloud TPU
-# v4 / v5e / v5p / v6e (Trillium) per chip.
-DEVICES = {d.name: d for d in (
-    _gpu("h100", 67.0, 494.7, 3.35, 80), _gpu("a100", 19.5, 156.0, 2.039, 80),
-    _tpu("tpu-v4", 275.0, 1.228, 32), _tpu("tpu-v5e", 197.0, 0.819, 16),
-    _tpu("tpu-v5p", 459.0, 2.765, 95), _tpu("tpu-v6e", 918.0, 1.640, 32))}
-DEVICE_NAMES = (*DEVICES, "cpu")
+Device = hardware.Device
+DEVICE_NAMES = (*hardware.DEVICES, "cpu")
 
 
 def device_named(name: str) -> Device:
-  """A DEVICES entry or "cpu" (measured here), with an optional chip count: "tpu-v5e-8"."""
-  base, chips = name, 1
+  """A hardware.DEVICES entry or "cpu" (measured here), with an optional chip count:
+  "tpu-v5e-8". A TPU's count must be one of its slices (its smallest by default)."""
+  base, chips = name, None
   head, _, tail = name.rpartition("-")
   if head and tail.isdigit():
     base, chips = head, int(tail)
-  if chips < 1 or base not in DEVICE_NAMES:
+  if base not in DEVICE_NAMES or (chips is not None and chips < 1):
     raise ValueError(f"device={name!r} is not allowed: choose one of {DEVICE_NAMES}, "
                      f"optionally with a chip count (tpu-v5e-8)")
-  return dataclasses.replace(measured_cpu() if base == "cpu" else DEVICES[base], chips=chips)
+  device = measured_cpu() if base == "cpu" else hardware.DEVICES[base]
+  if device.tpu_generation:
+    device = dataclasses.replace(device, chips=chips or hardware.slice_chips(device)[0])
+    hardware.topology_name(device)  # a ValueError for a chip count no slice has
+    return device
+  return dataclasses.replace(device, chips=chips or 1)
 
 
 def _seconds(fn, repeats: int = 5) -> float:
@@ -150,27 +121,59 @@ class ShapeCost:
   step_bytes: float  # bytes it reads and writes
 
 
-def _step_cost(settings: T.TrainSettings, shape: T.BucketShape) -> tuple[float, float]:
-  """FLOPs and bytes of one step, untiled: XLA counts a loop's body once, not per block."""
-  untiled = dataclasses.replace(settings, query_tile=shape.queries)
-  compiled = jax.jit(T.train_step, static_argnums=0).lower(
-      untiled, *memory.abstract_bucket(untiled, shape)).compile()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  return float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+# Query counts at which one step is compiled: every term of a step's cost is linear in its
+# queries (scores, softmax, the query updates) or independent of them (the documents').
+_COST_QUERIES = (32768, 65536)
 
 
-def shape_cost(settings: T.TrainSettings, shape: T.BucketShape, device: Device) -> ShapeCost:
-  """Memory per slot and step costs of `shape`, with the query tile the device would pick."""
+def _step_cost(settings: T.TrainSettings, shape: T.BucketShape,
+               devices: tuple | None) -> tuple[float, float]:
+  """FLOPs and bytes of one step of `shape`.
+
+  XLA's cost analysis counts a loop's body once, not per block, so the step is compiled
+  untiled; a large shape at two small query counts, extended along that line (an untiled
+  paper-scale step would take the compiler minutes).
+  """
+  mesh = None if devices is None else T.slot_mesh(devices[:1])
+
+  def cost(queries: int) -> np.ndarray:
+    sized = dataclasses.replace(shape, queries=queries)
+    untiled = dataclasses.replace(settings, query_tile=queries)
+    compiled = jax.jit(T.train_step, static_argnums=0).lower(
+        untiled, *memory.abstract_bucket(untiled, sized, mesh)).compile()
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else analysis
+    return np.array([analysis.get("flops", 0.0), analysis.get("bytes accessed", 0.0)])
+
+  small, large = _COST_QUERIES
+  if shape.queries <= large:
+    return tuple(map(float, cost(shape.queries)))
+  at_small, at_large = cost(small), cost(large)
+  return tuple(map(float, at_small + (at_large - at_small) * (shape.queries - small) / (large - small)))
+
+
+def shape_cost(settings: T.TrainSettings, shape: T.BucketShape, device: Device,
+               devices: tuple | None = None) -> ShapeCost:
+  """Memory per slot and step costs of `shape`, compiled for `devices` (a TPU slice's chips;
+  default this process's), with the query tile the device would pick."""
   tile = objective.query_tile(shape.queries, shape.documents, settings.query_tile,
                               objective.auto_tile_bytes(device.tile_backend))
   settings = dataclasses.replace(settings, query_tile=tile)
-  return ShapeCost(shape, memory.measured_slot_bytes(settings, shape), *_step_cost(settings, shape))
+  return ShapeCost(shape, memory.measured_slot_bytes(settings, shape, devices),
+                   *_step_cost(settings, shape, devices))
 
 
 def step_seconds(cost: ShapeCost, device: Device, precision: str) -> float:
   """Roofline time of one slot-step: compute- or bandwidth-bound, whichever is slower."""
   return max(cost.step_flops / device.flops[precision], cost.step_bytes / device.bandwidth)
+
+
+def compile_target(device: Device) -> tuple[str, tuple | None]:
+  """("tpu", the slice's chips) where a TPU is planned for and libtpu can compile for it;
+  else ("cpu", None): this process's XLA backend stands in for the device."""
+  if device.tpu_generation and hardware.libtpu_installed():
+    return "tpu", hardware.tpu_devices(device)
+  return "cpu", None
 
 
 # ---------------------------------------------------------------------------------------
@@ -205,12 +208,48 @@ def calibrate(records, source: str) -> StepModel:
   return StepModel(success, failure, per_d, f"{source} ({len(trained)} results)")
 
 
+def boundary_check(sweep: sweeps.CriticalN, settings: T.TrainSettings, d: int,
+                   start_cost: ShapeCost, device: Device, devices: tuple | None) -> dict | None:
+  """Where d's expected boundary (the search's start n before any memory cap) cannot be
+  trained, what stops it: one slot of its shape, one slot per chip, beyond the chip's memory,
+  or beyond memory_budget_mb. None where it fits."""
+  config = sweep.config
+  boundary = sweep.start_n(d)
+  shape = batching.shape_class(sweep.configuration(sweeps.Probe(d, boundary, config.seed)))
+  budget = config.memory_budget_mb * 2**20
+  limit = min(device.memory, budget)
+  # Its inputs alone may not fit (exact, no compile); else the compiled program decides.
+  needed = memory.argument_bytes(settings, shape)
+  at_least = needed > limit
+  if not at_least:
+    needed = (start_cost if shape == start_cost.shape else
+              shape_cost(settings, shape, device, devices)).slot_bytes
+  if needed <= limit:
+    return None
+  where = (f"the {device.memory / 2**30:.2f} GiB of one {device.name} chip"
+           if needed > device.memory else f"memory_budget_mb={config.memory_budget_mb:g}")
+  return dict(boundary_n=boundary, shape=f"{shape.queries}x{shape.documents}x{shape.dims}",
+              bytes_needed=needed, chip_bytes=device.memory, budget_bytes=budget,
+              reason=f"d={d}: the expected boundary n={boundary} (shape "
+                     f"{shape.queries}x{shape.documents}x{shape.dims}) needs "
+                     f"{'at least ' if at_least else ''}{needed / 2**30:.2f} GiB "
+                     f"({needed:,} bytes) for one slot, more than {where}; this d can only "
+                     f"give a lower bound")
+
+
 def plan_sweep(config, device: Device, steps: StepModel = StepModel(), workers: int = 2) -> dict:
-  """Every d's probes, shapes, memory, FLOPs, slots that fit and time; the sweep's wall time."""
+  """Every d's probes, shapes, memory, FLOPs, slots that fit and time; the sweep's wall time.
+
+  Programs are compiled for the device itself where that can be done here (a TPU, with
+  libtpu), else by this process's XLA backend (`compiler` says which).
+  """
   validate_config(config)
   if config.qrels:
     raise ValueError("config.qrels is set: sweep plan covers critical-n sweeps")
   settings = settings_of(config)
+  compiler, devices = compile_target(device)
+  if devices:  # what the TPU compiler will let a program use, as a VM reports it
+    device = dataclasses.replace(device, memory=hardware.chip_memory_bytes(devices[0]))
   sweep = sweeps.CriticalN(config)
   replays = [replay(config, int(key.removeprefix("d=")), spec) for key, spec in sweep.specs().items()]
   shape_of = lambda d, n: batching.shape_class(sweep.configuration(sweeps.Probe(d, n, config.seed)))
@@ -219,11 +258,15 @@ def plan_sweep(config, device: Device, steps: StepModel = StepModel(), workers: 
   start_shapes = {r.d: shape_of(r.d, r.boundary) for r in replays}
   shapes = sorted(set(start_shapes.values()), key=lambda s: (s.dims, s.documents, s.queries))
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:  # XLA compiles off the GIL
-    costs = dict(zip(shapes, pool.map(lambda s: shape_cost(settings, s, device), shapes)))
+    costs = dict(zip(shapes, pool.map(lambda s: shape_cost(settings, s, device, devices), shapes)))
 
   bucket_memory = min(config.memory_budget_mb * 2**20, device.memory * device.chips)
+  # What the scheduler does on the device: buckets of slots_per_bucket slots each, added
+  # while they fit the memory and max_slots.
+  per_bucket = scheduler.slots_per_bucket(config.bucket_slots, config.restarts,
+                                          device.tile_backend, device.chips)
   precision = settings.matmul_precision
-  rows, total_work, longest_chain = [], 0.0, 0.0
+  rows, unmeasurable, total_work, longest_chain = [], [], 0.0, 0.0
   for r in replays:
     probe_shapes = sorted({shape_of(r.d, n) for round_ in r.rounds for n, _ in round_},
                           key=lambda s: s.queries)
@@ -236,32 +279,52 @@ def plan_sweep(config, device: Device, steps: StepModel = StepModel(), workers: 
       work += config.restarts * sum(round_steps) * step
     total_work += work
     longest_chain = max(longest_chain, chain)
+    fit = min(config.max_slots, int(bucket_memory // start_cost.slot_bytes))
+    boundary = boundary_check(sweep, settings, r.d, start_cost, device, devices)
+    if boundary:
+      unmeasurable.append(dict(d=r.d, **boundary))
     rows.append(dict(
         d=r.d, start_n=r.boundary, probes=config.restarts * sum(map(len, r.rounds)),
         rounds=len(r.rounds),
         shapes=[f"{s.queries}x{s.documents}x{s.dims}" for s in probe_shapes],
         slot_mib=start_cost.slot_bytes / 2**20, step_gflop=start_cost.step_flops / _GIGA,
         step_gb=start_cost.step_bytes / _GIGA,
-        slots_fit=min(config.max_slots, int(bucket_memory // start_cost.slot_bytes)),
-        step_ms=step * 1e3,
-        chain_minutes=chain / 60, work_minutes=work / 60))
+        slots_fit=fit // per_bucket * per_bucket, step_ms=step * 1e3,
+        chain_minutes=chain / 60, work_minutes=work / 60,
+        lower_bound_only=boundary is not None))
   wall = max(total_work / device.chips, longest_chain)
   return dict(
-      device=device.name, chips=device.chips, precision=precision,
+      device=device.name, chips=device.chips, compiler=compiler, precision=precision,
       peak_tflops=device.flops[precision] / _TERA, bandwidth_tb_s=device.bandwidth / _TERA,
-      memory_gb_per_chip=device.memory / _GIGA, bucket_gb=bucket_memory / _GIGA, steps_model=dict(
+      memory_gb_per_chip=device.memory / _GIGA, bucket_gb=bucket_memory / _GIGA,
+      slots_per_bucket=per_bucket, steps_model=dict(
           success=steps.success, failure=steps.failure, source=steps.source),
       compiled_shapes=len(shapes), dims=rows, work_hours=total_work / 3600,
-      longest_chain_hours=longest_chain / 3600, wall_hours=wall / 3600)
+      longest_chain_hours=longest_chain / 3600, wall_hours=wall / 3600,
+      unmeasurable=unmeasurable)
+
+
+def compiler_note(plan: dict) -> str:
+  """Which compiler measured the plan's memory and FLOPs, and how to get the device's own."""
+  if plan["compiler"] == "tpu":
+    return (f"memory and FLOPs: the TPU compiler (libtpu), for {plan['chips']} chip(s) of "
+            f"{plan['device']}")
+  if plan["device"].startswith("tpu-"):
+    return ("memory and FLOPs: CPU-backend estimates (libtpu is not installed); for the TPU "
+            "compiler's own: pip install 'critical-n-sweep[tpu]' and plan again")
+  return f"memory and FLOPs: this machine's XLA backend ({jax.default_backend()})"
 
 
 def format_plan(plan: dict) -> str:
-  """The plan as a table, one line per d, and its totals."""
+  """The plan as a table, one line per d, and its totals; the last line names any d whose
+  boundary cannot be measured."""
   lines = [
       f"device {plan['device']} x {plan['chips']}: {plan['peak_tflops']:.1f} TFLOP/s at "
       f"matmul precision {plan['precision']}, {plan['bandwidth_tb_s']:.3f} TB/s, "
-      f"{plan['memory_gb_per_chip']:.0f} GB per chip; {plan['compiled_shapes']} shapes compiled; "
-      f"a bucket holds at most {plan['bucket_gb']:.1f} GB (memory_budget_mb, all chips)",
+      f"{plan['memory_gb_per_chip'] * 1e9 / 2**30:.0f} GiB per chip; {plan['compiled_shapes']} shapes compiled; "
+      f"a bucket holds at most {plan['bucket_gb']:.1f} GB (memory_budget_mb, all chips), "
+      f"{plan['slots_per_bucket']} slots a bucket",
+      compiler_note(plan),
       f"steps per probe: success {plan['steps_model']['success']:,.0f}, failure "
       f"{plan['steps_model']['failure']:,.0f} ({plan['steps_model']['source']}); the search "
       f"replayed with its boundary at the start n",
@@ -271,9 +334,11 @@ def format_plan(plan: dict) -> str:
     lines.append(
         f"{r['d']:>3} {r['start_n']:>7} {r['probes']:>6} {r['slot_mib']:>9.1f} "
         f"{r['step_gflop']:>10.3f} {r['step_gb']:>8.3f} {r['slots_fit']:>5} "
-        f"{r['step_ms']:>8.3f} {r['work_minutes']:>8.2f}  {', '.join(r['shapes'])}")
+        f"{r['step_ms']:>8.3f} {r['work_minutes']:>8.2f}  {', '.join(r['shapes'])}"
+        + ("  (lower bound only)" if r["lower_bound_only"] else ""))
   lines.append(
       f"predicted wall time {plan['wall_hours']:.2f} h = max(all slot-steps over "
       f"{plan['chips']} chip(s): {plan['work_hours'] / plan['chips']:.2f} h, the longest "
       f"search's chain of rounds: {plan['longest_chain_hours']:.2f} h)")
+  lines += [f"cannot measure {u['reason']}" for u in plan["unmeasurable"]]
   return "\n".join(lines)

@@ -387,15 +387,18 @@ SLOT_AXIS = "slots"
 
 
 @functools.cache
-def slot_mesh() -> jax.sharding.Mesh:
-  """A 1-D mesh over every device of every process: the slot axis is split across it."""
+def slot_mesh(devices: tuple | None = None) -> jax.sharding.Mesh:
+  """A 1-D mesh over `devices`, by default every device of every process: the slot axis is
+  split across it. Other devices (a TPU topology's, see sweep/topology.py) let this machine
+  compile the same program for hardware it does not have."""
+  devices = devices or tuple(jax.devices())
   # Auto axes: jit moves any input onto the mesh as shard_map needs it.
-  return jax.make_mesh((jax.device_count(),), (SLOT_AXIS,),
+  return jax.make_mesh((len(devices),), (SLOT_AXIS,), devices=devices,
                        axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def slot_sharding() -> jax.sharding.NamedSharding:
-  return jax.sharding.NamedSharding(slot_mesh(), jax.sharding.PartitionSpec(SLOT_AXIS))
+def slot_sharding(mesh: jax.sharding.Mesh | None = None) -> jax.sharding.NamedSharding:
+  return jax.sharding.NamedSharding(mesh or slot_mesh(), jax.sharding.PartitionSpec(SLOT_AXIS))
 
 
 def place(tree):
@@ -429,17 +432,19 @@ def start_optimizer(settings: TrainSettings, slots: Slots, state: TrainState) ->
   return _over_slots(start, slots, state)
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
-def train_chunk(settings: TrainSettings, slots: Slots, state: TrainState, end_on_stop):
+@functools.partial(jax.jit, static_argnames=("settings", "mesh"), donate_argnums=2)
+def train_chunk(settings: TrainSettings, slots: Slots, state: TrainState, end_on_stop,
+                mesh: jax.sharding.Mesh | None = None):
   """Up to `chunk_evals` blocks; returns (state, blocks run by each device [devices]).
 
-  The slot axis is split over every device (shard_map), and each device loops only until
-  its own slots have stopped instead of waiting for the slowest slot of the whole bucket.
-  With `end_on_stop` (traced, so one program serves both) a device also ends after the first
-  block in which one of its slots stopped, so that slot can be refilled at once.
+  The slot axis is split over every device of `mesh` (default slot_mesh()) with shard_map,
+  and each device loops only until its own slots have stopped instead of waiting for the
+  slowest slot of the whole bucket. With `end_on_stop` (traced, so one program serves both)
+  a device also ends after the first block in which one of its slots stopped, so that slot
+  can be refilled at once.
   """
   spec = jax.sharding.PartitionSpec(SLOT_AXIS)
-  return jax.shard_map(functools.partial(_local_chunk, settings), mesh=slot_mesh(),
+  return jax.shard_map(functools.partial(_local_chunk, settings), mesh=mesh or slot_mesh(),
                        in_specs=(spec, spec, jax.sharding.PartitionSpec()),
                        out_specs=(spec, spec))(slots, state, end_on_stop)
 

