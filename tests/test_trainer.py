@@ -174,3 +174,97 @@ def test_a_slot_poisoned_between_chunks_stops_and_its_neighbours_train_on(poison
   assert after.stop_reason[1] == healthy.stop_reason[1] and after.step[1] == 80
   np.testing.assert_array_equal(after.documents[1], healthy.documents[1])
   np.testing.assert_array_equal(after.loss[1], healthy.loss[1])
+
+
+def test_embeddings_are_returned_unpadded():
+  configs = [T.Configuration(d=2, n=3), T.Configuration(d=4, n=6)]
+  result = T.train(configs, return_embeddings=True)[0]
+  assert result["queries"].shape == (3, 2) and result["documents"].shape == (3, 2)
+  scores = result["queries"] @ result["documents"].T
+  top2 = np.argsort(-scores, axis=1)[:, :2]
+  assert all(set(t) == set(r) for t, r in zip(top2, problems.colex_subsets(3, 2)))
+
+
+def test_one_bucket_shape_compiles_once_across_batches():
+  compiles = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, _, **kw: compiles.append(event) if "backend_compile" in event else None)
+  settings = T.TrainSettings(max_steps=100)
+  shape = T.BucketShape(slots=2, queries=15, documents=6, dims=4, width=2)
+  batches = [[T.Configuration(d=2, n=3), T.Configuration(d=4, n=6)],
+             [T.Configuration(d=3, n=5, seed=2)],
+             [T.Configuration(d=4, n=4, learning_rate=0.1), T.Configuration(d=1, n=2)]]
+  counts = []
+  for configs in batches:
+    slots = T.place(T.pack(configs, shape))
+    state, _ = T.train_chunk(settings, slots, T.place(T.init_state(settings, shape, configs)), True)
+    host = T.to_host(state)
+    state = T.place(T.init_state(settings, shape, configs, host, [-1, 1]))
+    T.train_chunk(settings, slots, state, False)
+    counts.append(len(compiles))
+  assert counts[0] > 0 and counts[1] == counts[0] and counts[2] == counts[0]
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(loss="triplet"), "loss"), (dict(optimizer="nope"), "optimizer"),
+    (dict(max_steps=0), "max_steps"), (dict(patience=-1), "patience"),
+    (dict(eval_every=0), "eval_every"), (dict(min_delta=-1.0), "min_delta")])
+def test_settings_validation(kwargs, field):
+  with pytest.raises(ValueError, match=field):
+    T.TrainSettings(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(d=0, n=4), "d=0"), (dict(d=2, n=1), "n=1"), (dict(d=2, n=4, k=0), "k=0"),
+    (dict(d=2, n=4, learning_rate=0.0), "learning_rate"),
+    (dict(d=2, n=4, temperature=-1.0), "temperature")])
+def test_configuration_validation(kwargs, field):
+  with pytest.raises(ValueError, match=field):
+    T.Configuration(**kwargs)
+
+
+def test_pack_rejects_configurations_that_do_not_fit():
+  with pytest.raises(ValueError, match="does not fit"):
+    T.pack([T.Configuration(d=5, n=4)], T.BucketShape(1, 6, 4, 4, 2))
+
+
+def test_moving_running_slots_into_a_larger_bucket_leaves_them_unchanged():
+  settings = T.TrainSettings(chunk_evals=2, eval_every=20)
+  configs = [T.Configuration(d=2, n=5), T.Configuration(d=3, n=6)]
+  small = T.BucketShape.fitting(configs)
+  small_slots = T.place(T.pack(configs, small))
+  state, _ = T.train_chunk(settings, small_slots, T.place(T.init_state(settings, small, configs)), False)
+  state = T.to_host(state)
+  big = T.BucketShape(slots=3, queries=28, documents=8, dims=5, width=2)
+  moved_configs = [T.Configuration(d=4, n=8), configs[1], configs[0]]
+  big_slots = T.place(T.pack(moved_configs, big))
+  moved = T.init_state(settings, big, moved_configs, state, [-1, 1, 0])
+  np.testing.assert_array_equal(moved.queries[2, :15, :3], state.queries[0])
+  assert not moved.queries[2, 15:].any()
+  assert int(moved.step[1]) == int(state.step[1]) == 40 and int(moved.step[0]) == 0
+  continued, _ = T.train_chunk(settings, big_slots, T.place(moved), False)
+  reference, _ = T.train_chunk(settings, small_slots, T.place(state), False)
+  np.testing.assert_allclose(continued.loss[2], reference.loss[0], atol=1e-5)
+  np.testing.assert_allclose(continued.loss[1], reference.loss[1], atol=1e-5)
+
+
+def test_initialisation_depends_on_the_configuration_alone():
+  config = T.Configuration(d=3, n=6, seed=5)
+  alone = T.init_state(T.TrainSettings(), T.BucketShape.fitting([config]), [config])
+  shape = T.BucketShape(slots=3, queries=40, documents=9, dims=7, width=2)
+  packed = T.init_state(T.TrainSettings(), shape, [T.Configuration(d=4, n=9), None, config])
+  np.testing.assert_array_equal(packed.queries[2, :15, :3], alone.queries[0])
+  np.testing.assert_array_equal(packed.documents[2, :6, :3], alone.documents[0])
+  assert not packed.queries[2, 15:].any() and not packed.queries[2, :, 3:].any()
+  assert not packed.queries[1].any() and packed.stop_reason[1] == T.StopReason.EMPTY
+  other_seed = T.init_state(T.TrainSettings(), T.BucketShape.fitting([config]),
+                            [T.Configuration(d=3, n=6, seed=6)])
+  assert not np.allclose(other_seed.documents, alone.documents)
+
+
+@pytest.mark.parametrize("table, field", [
+    (np.array([[0, 5]]), "entries"), (np.array([[-1, 0]]), "entries"),
+    (np.zeros((0, 2), np.int32), "shape")])
+def test_explicit_relevance_tables_are_validated(table, field):
+  with pytest.raises(ValueError, match=field):
+    T.Configuration(d=2, n=4, k=2, table=table)
