@@ -290,7 +290,7 @@ def _draw_workdir(ax, store: Store, rows: list[dict], color, degree: int, d_min:
   if unmeasured:
     ud, un = (np.array(v, dtype=float) for v in zip(*unmeasured))
     handles += ax.plot(ud + offset, un, "X", color="red", mec=color, markersize=7, zorder=3,
-                       label=f"{label}: loss went NaN/inf at this n, no critical n")
+                       label=f"{label}: training went NaN/inf at this n, no critical n")
 
   brackets = _open_brackets(rows)
   if brackets:

@@ -135,8 +135,9 @@ def run(argv) -> None:
     return
   for r in store.read_critical_n():
     if r["status"] == "nonfinite":
-      print(f"d={r['d']}: no critical n: the deciding probe n={r['hi']} ended with a NaN or "
-            f"inf loss (stop_reason nonfinite in results.jsonl), so nothing was measured")
+      print(f"d={r['d']}: no critical n: the deciding probe n={r['hi']} ended with NaN, inf "
+            f"or zero-norm values (stop_reason nonfinite in results.jsonl), so nothing was "
+            f"measured")
       continue
     critical = {"measured": r["critical_n"], "open": "-",
                 "ceiling": f"at least {r['lo']} (no failure up to max_n)"}[r["status"]]
@@ -156,8 +157,8 @@ def fit_qrels(argv) -> None:
   report = store.read_critical_d()
   shape = f"{report['source']}: {report['queries']} queries x {report['documents']} documents"
   if report.get("status") == "nonfinite":
-    print(f"{shape}, no critical d: the deciding probe d={report['bracket'][0]} ended with a "
-          f"NaN or inf loss, so nothing was measured")
+    print(f"{shape}, no critical d: the deciding probe d={report['bracket'][0]} ended with "
+          f"NaN, inf or zero-norm values, so nothing was measured")
     return
   print(f"{shape}, critical d = {report['critical_d']} (d = {report['critical_d']} trains every "
         f"relevant set, d = {report['critical_d'] - 1} does not)")

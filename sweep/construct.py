@@ -130,16 +130,31 @@ def verify(queries, documents, relevance) -> tuple[bool, float]:
   return margin > 0, margin
 
 
+# How far a row's squared norm may be from 1 and still count as a unit vector: rows
+# normalised in float32 are within ~1e-6 of it; a zero, NaN or inf row is nowhere near.
+UNIT_TOLERANCE = 1e-3
+
+
+def unit_rows(x) -> bool:
+  """Whether every row of x is a finite unit vector, as the protocol's embeddings are."""
+  x = np.asarray(x, np.float64)
+  with np.errstate(over="ignore", invalid="ignore"):
+    return bool(np.all(np.abs((x * x).sum(axis=-1) - 1) <= UNIT_TOLERANCE))
+
+
 def certify(success: bool, queries, documents, relevance) -> tuple[bool, float]:
   """(certified, margin64): a success re-checked in float64 from its final embeddings.
 
   A float32 run can "succeed" on ties or rounding (top-k breaks ties by index); the
   certificate asks that every relevant document strictly outranks every other one, in
-  float64 arithmetic on the same (float32) embeddings.
+  float64 arithmetic on the same (float32) embeddings, and that the embeddings are what the
+  protocol trains: finite unit rows. A zero row scores 0 against everything, which can
+  outrank negative scores; a NaN or inf row proves nothing at all.
   """
-  ok, margin64 = verify(np.asarray(queries, np.float64), np.asarray(documents, np.float64),
-                        relevance)
-  return bool(success and ok), margin64
+  queries, documents = np.asarray(queries, np.float64), np.asarray(documents, np.float64)
+  with np.errstate(over="ignore", invalid="ignore"):
+    ok, margin64 = verify(queries, documents, relevance)
+  return bool(success and ok and unit_rows(queries) and unit_rows(documents)), margin64
 
 
 def _safe_margin(dtype, k: int) -> float:

@@ -278,7 +278,8 @@ class Driver:
     self.sweep.write(self.store, s.searches, s.certified, self._nonfinite())
 
   def _nonfinite(self) -> frozenset[tuple[int, int]]:
-    """(d, n) of every point with a restart whose loss went NaN or inf: not a measured failure."""
+    """(d, n) of every point with a restart that stopped as nonfinite (a NaN or inf loss, row
+    or optimizer state, or a row without a direction): not a measured failure."""
     return frozenset((r["d"], r["n"]) for r in self.results.values()
                      if r["stop_reason"] == "nonfinite")
 

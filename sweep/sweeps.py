@@ -100,8 +100,8 @@ class CriticalN:
     critical_n_certified is the largest n whose success a float64 re-check certified and
     whose n + 1 failed; geometric_critical_n is what geometry allows at that d (G(d, k)).
     status: open, measured, ceiling (no failure up to max_n), or nonfinite: the failure that
-    decides the boundary had a restart whose loss went NaN or inf (a `nonfinite` (d, n)
-    point), so nothing was measured and no critical n is given.
+    decides the boundary had a restart that stopped as nonfinite (NaN or inf values or a
+    zero-norm row; trainer.StopReason), so nothing was measured and no critical n is given.
     """
     rows = []
     for key, state in searches.items():

@@ -4,7 +4,7 @@ Each configuration occupies a slot of a bucket padded to (queries, documents, di
 queries carry no loss, padded documents never enter a softmax or top-k, padded dimensions
 stay exactly zero. One jitted call runs a chunk: up to `chunk_evals` blocks of `eval_every`
 steps with an evaluation after each block, entirely on the device. Every slot stops on its
-own (success, plateau, step limit, non-finite loss) and is frozen from then on.
+own (success, plateau, step limit, non-finite state) and is frozen from then on.
 
 Static settings (`TrainSettings`, shapes) are jit arguments; per-slot values (`Slots`) are
 traced arrays, so one compiled program serves every batch of a bucket shape.
@@ -33,7 +33,10 @@ class StopReason(enum.IntEnum):
   SUCCESS = 1  # an evaluation reached top-k accuracy 1.0
   PLATEAU = 2  # the loss did not improve by min_delta for `patience` steps
   MAX_STEPS = 3
-  NONFINITE = 4  # the loss became NaN or inf: never a silent success or failure
+  # The loss, a real row or the optimizer state became NaN or inf, or a real row lost its
+  # unit norm (it overflowed or vanished in the re-normalisation): nothing was measured,
+  # never a silent success or failure.
+  NONFINITE = 4
   EMPTY = 5  # the slot holds no configuration
 
 
@@ -204,18 +207,24 @@ def pack(configs, shape: BucketShape) -> Slots:
 # block. No program is compiled for it, and moving slots between buckets is a plain gather.
 # ---------------------------------------------------------------------------------------
 
-def _normalise_rows(x):
-  norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
-  return jnp.where(norm > 0, x / jnp.where(norm > 0, norm, 1.0), 0.0)
+def _unit_rows(x):
+  """(x with every row scaled to unit norm, [rows] whether the row had a direction to keep).
+
+  A row whose norm is 0, inf (x * x overflowed) or NaN has none: it comes out as zeros, and
+  its flag is False, so that a caller can tell a padded row from a real one that broke.
+  """
+  xp = jnp if isinstance(x, jax.Array) else np
+  norm = xp.linalg.norm(x, axis=-1, keepdims=True)
+  usable = (norm > 0) & xp.isfinite(norm)
+  return xp.where(usable, x / xp.where(usable, norm, 1.0), 0.0), usable[..., 0]
 
 
 def _centroids(relevance, documents):
-  """Each query as the normalised mean of its relevant documents (zero for padded queries)."""
+  """(each query as the normalised mean of its relevant documents, [queries] whether that
+  mean had a direction: _unit_rows); padded queries come out as zeros."""
   xp = jnp if isinstance(documents, jax.Array) else np
   relevant = xp.where((relevance >= 0)[..., None], documents[xp.maximum(relevance, 0)], 0.0)
-  summed = relevant.sum(axis=1)
-  norm = xp.linalg.norm(summed, axis=-1, keepdims=True)
-  return xp.where(norm > 0, summed / xp.where(norm > 0, norm, 1.0), 0.0)
+  return _unit_rows(relevant.sum(axis=1))
 
 
 def initial_embeddings(config: Configuration, centroid_queries: bool = False):
@@ -231,10 +240,11 @@ def initial_embeddings(config: Configuration, centroid_queries: bool = False):
   if config.warm_noise is not None:
     queries = construct.queries_for_subsets(table, config.n, config.d) + config.warm_noise * queries
     documents = construct.documents_on_curve(config.n, config.k, config.d) + config.warm_noise * documents
-  documents /= np.linalg.norm(documents, axis=-1, keepdims=True)
-  if centroid_queries:
-    queries = _centroids(table, documents)
-  queries /= np.linalg.norm(queries, axis=-1, keepdims=True)
+  # A row without a direction (a huge warm_noise overflows its norm) starts as zeros, which
+  # the chunk's first check stops as NONFINITE.
+  with np.errstate(over="ignore", invalid="ignore"):
+    documents = _unit_rows(documents)[0]
+    queries = (_centroids(table, documents) if centroid_queries else _unit_rows(queries))[0]
   return queries.astype(np.float32), documents.astype(np.float32)
 
 
@@ -300,10 +310,15 @@ def init_state(settings: TrainSettings, shape: BucketShape, configs, previous: T
 def slot_loss(settings: TrainSettings, slot: Slots, params):
   queries, documents = params
   if settings.centroid_queries:
-    queries = _centroids(slot.relevance, documents)
+    queries = _centroids(slot.relevance, documents)[0]
   return objective.infonce_loss(queries, documents, slot.relevance, slot.num_queries,
                                 slot.num_documents, slot.temperature, settings.loss,
                                 settings.query_tile, settings.matmul_precision)
+
+
+def _real_rows(flags, count):
+  """[rows] flags, True on padded rows (at and past `count`), which never count."""
+  return flags | (jnp.arange(flags.shape[0]) >= count)
 
 
 def _slot_step(settings: TrainSettings, slot: Slots, state: TrainState) -> TrainState:
@@ -311,16 +326,20 @@ def _slot_step(settings: TrainSettings, slot: Slots, state: TrainState) -> Train
   loss, grads = jax.value_and_grad(lambda p: slot_loss(settings, slot, p))(params)
   optimizer = settings.optimizer_for(slot.learning_rate)
   updates, opt_state = optimizer.update(grads, state.opt_state, params)
-  dim_mask = jnp.arange(state.queries.shape[-1]) < slot.dims
   updated = optax.apply_updates(params, updates)
+  dim_mask = jnp.arange(state.queries.shape[-1]) < slot.dims
   # The mask keeps padded dimensions exactly zero whatever the optimizer does.
-  queries, documents = (_normalise_rows(x * dim_mask) for x in updated)
+  queries, queries_ok = _unit_rows(jnp.where(dim_mask, updated[0], 0.0))
+  documents, documents_ok = _unit_rows(jnp.where(dim_mask, updated[1], 0.0))
   if settings.centroid_queries:
-    queries = _centroids(slot.relevance, documents)
+    queries, queries_ok = _centroids(slot.relevance, documents)
 
   running = state.stop_reason == StopReason.RUNNING
-  # A NaN update would be zeroed by the re-normalisation and end as a quiet plateau.
-  finite = jnp.isfinite(loss) & jnp.isfinite(updated[0]).all() & jnp.isfinite(updated[1]).all()
+  # A real row with a NaN or inf entry, or whose norm overflowed or vanished, would be zeroed
+  # by the re-normalisation and train on at a finite loss, ending as a quiet plateau; the
+  # norms are computed anyway, so this check costs a reduction over rows, not over entries.
+  finite = (jnp.isfinite(loss) & _real_rows(queries_ok, slot.num_queries).all()
+            & _real_rows(documents_ok, slot.num_documents).all())
   take = running & finite
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(take, a, b), new, old)
   step = state.step + take
@@ -338,13 +357,38 @@ def _slot_step(settings: TrainSettings, slot: Slots, state: TrainState) -> Train
       stop_reason=reason.astype(jnp.int32))
 
 
+def _healthy(slot: Slots, state: TrainState):
+  """Whether a slot's state can still measure anything: its real rows are finite unit
+  vectors and its optimizer state is finite. Padded rows are not looked at.
+
+  The step checks the loss and the rows it writes; this also sees what no loss shows: Adam's
+  second moment overflows to inf on gradients above ~1e19 (a tiny temperature) and then
+  zeroes the updates of those entries for good, and a start can hold zero rows.
+  """
+  def unit(x, count):
+    return _real_rows(jnp.abs((x * x).sum(axis=-1) - 1) <= construct.UNIT_TOLERANCE, count).all()
+  finite = [jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(state.opt_state)]
+  return (unit(state.queries, slot.num_queries) & unit(state.documents, slot.num_documents)
+          & jnp.stack(finite).all())
+
+
+def _slot_check(slot: Slots, state: TrainState, checked) -> TrainState:
+  """A checked slot whose state is not healthy stops as NONFINITE."""
+  broken = checked & ~_healthy(slot, state)
+  return state.replace(stop_reason=jnp.where(broken, StopReason.NONFINITE,
+                                             state.stop_reason).astype(jnp.int32))
+
+
 def _slot_evaluate(settings: TrainSettings, slot: Slots, state: TrainState,
                    evaluated) -> TrainState:
   """Accuracy and margin after a block, for the slots that ran in it.
 
   A slot that stopped inside the block is evaluated on its final embeddings; if they
   retrieve every set, it is a success, as in the reference (any accuracy signal of 1.0).
+  A slot whose state broke in the block stops as NONFINITE instead (_healthy), and its
+  metrics, computed from that state, are not kept.
   """
+  state = _slot_check(slot, state, evaluated)
   accuracy, margin = objective.retrieval_metrics(
       state.queries, state.documents, slot.relevance, slot.num_queries, slot.num_documents,
       settings.query_tile)
@@ -451,6 +495,8 @@ def train_chunk(settings: TrainSettings, slots: Slots, state: TrainState, end_on
 
 def _local_chunk(settings: TrainSettings, slots: Slots, state: TrainState, end_on_stop):
   state = start_optimizer(settings, slots, state)
+  # A state that arrives broken (a start with zero rows) stops before it trains.
+  state = _over_slots(_slot_check, slots, state, state.stop_reason == StopReason.RUNNING)
   running_at_start = (state.stop_reason == StopReason.RUNNING).sum()
 
   def block(carry):

@@ -85,3 +85,22 @@ def test_too_few_dimensions_raise():
   with pytest.raises(ValueError, match="d=3") as error:
     construct.construction(10, 2, d=3)
   assert "\n" not in str(error.value)
+
+
+def test_certify_refuses_embeddings_that_are_not_finite_unit_rows():
+  # Two unit documents and a zero one: every pair is the strict top-2 of its query, since
+  # the zero document's score 0 beats the other's -1/sqrt(2). verify() alone accepts it.
+  documents = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+  queries = np.array([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0]]) / np.sqrt(2)
+  table = problems.colex_subsets(3, 2)
+  assert [sorted(np.argsort(-scores)[:2]) for scores in queries @ documents.T] == table.tolist()
+  assert construct.verify(queries, documents, table)[0]
+  assert not construct.certify(True, queries, documents, table)[0]
+  unit = documents.copy()
+  unit[2] = [-1.0, -1.0] / np.sqrt(2)  # the same ranking from a unit document
+  assert construct.verify(queries, unit, table)[0] and construct.certify(True, queries, unit, table)[0]
+  assert not construct.certify(True, 0.5 * queries, unit, table)[0]  # same ranks, not unit
+  for bad in (np.nan, np.inf):
+    broken = unit.copy()
+    broken[0, 0] = bad
+    assert not construct.certify(True, queries, broken, table)[0]

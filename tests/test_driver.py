@@ -188,20 +188,28 @@ def test_bad_value_on_the_command_line(tmp_path, flag, line):
   assert not (tmp_path / "w").exists()
 
 
-def test_non_finite_losses_are_reported_never_a_critical_n(tmp_path):
-  """A temperature of 1e-44 overflows the logits: every probe's loss is NaN or inf."""
+@pytest.mark.parametrize("flags", [
+    ["--config.temperature=1e-44"],  # the logits overflow: the loss is NaN or inf
+    # Updates of ~1e30 overflow every row's norm: the re-normalisation zeroes the rows and
+    # the loss stays a finite ln n, which used to end as a plateau and a critical n of 2.
+    ["--config.learning_rate=1e30"],
+    # A warm start whose noise overflows the norm starts with zero rows.
+    ["--config.protocol=warm", "--config.warm_noise=1e300", "--config.dims=(4,)"],
+], ids=["loss", "rows", "warm-start"])
+def test_non_finite_training_is_reported_never_a_critical_n(tmp_path, flags):
   config_file = write_config_file(tmp_path / "tiny.py", dims=(2,), restarts=1)
   workdir = tmp_path / "w"
-  process = sweep("run", f"--config={config_file}", f"--workdir={workdir}",
-                  "--config.temperature=1e-44")
+  process = sweep("run", f"--config={config_file}", f"--workdir={workdir}", *flags)
   out, err = process.communicate(timeout=300)
   assert process.returncode == 0, err
   records = strict_records(workdir)
   assert records and all(r["stop_reason"] == "nonfinite" for r in records)
+  assert not any(r["success"] or r["certified"] for r in records)
   assert all(r["best_loss"] is None for r in records)  # null, not -Infinity
   row = Store(str(workdir)).read_critical_n()[0]
   assert row["status"] == "nonfinite" and row["critical_n"] is None and row["done"]
-  assert "d=2: no critical n: the deciding probe n=3 ended with a NaN or inf loss" in out
+  assert (f"d={row['d']}: no critical n: the deciding probe n={row['hi']} ended with NaN, inf "
+          f"or zero-norm values") in out
   assert "critical n =" not in out
 
 

@@ -115,6 +115,67 @@ def test_nonfinite_loss_stops_loudly():
   assert not result["success"]
 
 
+SHORT = dict(max_steps=400, patience=100, eval_every=25, chunk_evals=4)
+
+
+@pytest.mark.parametrize("broken, centroid", [
+    # Every update ~1e30 overflows x * x: the re-normalisation zeroes the rows at a finite loss.
+    (T.Configuration(d=4, n=6, learning_rate=1e30), False),
+    (T.Configuration(d=4, n=6, learning_rate=1e30), True),
+    # Gradients ~1e20 overflow Adam's second moment to inf, which zeroes those updates for good.
+    (T.Configuration(d=4, n=6, temperature=1e-20), False),
+    # A warm start whose noise overflows the norm starts with zero rows.
+    (T.Configuration(d=4, n=6, warm_noise=1e300), False),
+    # In one dimension every pair {+x, -x} has a zero centroid: a query without a direction.
+    (T.Configuration(d=1, n=3), True),
+])
+def test_a_broken_state_behind_a_finite_loss_stops_as_nonfinite(broken, centroid):
+  settings = T.TrainSettings(centroid_queries=centroid, **SHORT)
+  neighbour = T.Configuration(d=2, n=3, seed=2)  # trains to a success beside it
+  broken_result, neighbour_result = T.train([broken, neighbour], settings)
+  assert broken_result["stop_reason"] == "nonfinite" and not broken_result["success"]
+  assert broken_result["max_accuracy"] == 0.0 and broken_result["margin"] == -np.inf
+  assert neighbour_result["stop_reason"] == "success"
+
+
+def poisoned(tree, index, value):
+  """A host copy of tree with tree[index] set to value."""
+  tree = np.array(tree)
+  tree[index] = value
+  return tree
+
+
+@pytest.mark.parametrize("poison", [
+    lambda s: s.replace(queries=poisoned(s.queries, (0, 0, 0), np.nan)),
+    lambda s: s.replace(documents=poisoned(s.documents, (0, 0, 0), np.inf)),
+    lambda s: s.replace(documents=poisoned(s.documents, (0, 0), 0.0)),  # a zero row
+    # Adam's second moment at inf: the update m / sqrt(v) is 0 there, the loss stays finite.
+    lambda s: s.replace(opt_state=jax.tree_util.tree_map_with_path(
+        lambda path, x: poisoned(x, (0, 0, 0), np.inf) if ".nu" in jax.tree_util.keystr(path)
+        else x, s.opt_state)),
+], ids=["nan-query", "inf-document", "zero-document", "inf-second-moment"])
+def test_a_slot_poisoned_between_chunks_stops_and_its_neighbours_train_on(poison):
+  """Slot 0 is poisoned after a chunk and the empty slot 2 filled with NaN: slot 1 trains
+  exactly as it would have, and the empty slot stays empty."""
+  settings = T.TrainSettings(max_steps=400, patience=100, eval_every=20, chunk_evals=2)
+  configs = [T.Configuration(d=3, n=5), T.Configuration(d=3, n=5, seed=1)]  # both fail: n > 4
+  shape = T.BucketShape.fitting(configs, slots=3)
+  slots = T.place(T.pack(configs, shape))
+  state, _ = T.train_chunk(settings, slots, T.place(T.init_state(settings, shape, configs)), False)
+  host = T.to_host(state)
+  assert (host.stop_reason[:2] == T.StopReason.RUNNING).all() and host.step[0] == 40
+  broken = poison(host)
+  broken = broken.replace(queries=poisoned(broken.queries, 2, np.nan))
+  healthy, _ = T.train_chunk(settings, slots, T.place(host), False)
+  after, _ = T.train_chunk(settings, slots, T.place(broken), False)
+  after, healthy = T.to_host(after), T.to_host(healthy)
+  assert after.stop_reason[0] == T.StopReason.NONFINITE and after.step[0] == 40
+  assert after.stop_reason[2] == T.StopReason.EMPTY
+  assert after.stop_reason[1] == healthy.stop_reason[1] and after.step[1] == 80
+  np.testing.assert_array_equal(after.documents[1], healthy.documents[1])
+  np.testing.assert_array_equal(after.loss[1], healthy.loss[1])
+
+
 def test_embeddings_are_returned_unpadded():
   configs = [T.Configuration(d=2, n=3), T.Configuration(d=4, n=6)]
   result = T.train(configs, return_embeddings=True)[0]
