@@ -41,7 +41,8 @@ _INT_COLUMNS = ("d", "k", "critical_n", "max_success_n", "lo", "hi", "critical_n
 RESULT_KEY = ("d", "n", "k", "seed")
 _OBJECT_STORES = ("gs://", "s3://")
 # Fields that change how a sweep runs but not what it finds; a resumed run may change them.
-RUN_ONLY_FIELDS = ("checkpoint_every_s", "label")
+# qrels is where the relevance file lies; its content is bound by qrels_sha256.
+RUN_ONLY_FIELDS = ("checkpoint_every_s", "label", "qrels")
 LOCK_NAME = "lock.json"
 LEASE_SECONDS = 120.0  # an object-store lease not renewed for this long is taken over
 RESTORE_TRIES = 3
@@ -378,9 +379,12 @@ class Store:
       differ = sorted(key for key in set(previous) | set(config)
                       if key not in RUN_ONLY_FIELDS and previous.get(key) != config.get(key))
       if differ:
+        values = "; ".join(f"{key} {previous.get(key)!r} in config.json, {config.get(key)!r} "
+                           f"in this run" for key in differ)
+        source = f" (qrels {config['qrels']})" if "qrels_sha256" in differ else ""
         raise ValueError(
-            f"{self.workdir} was made by another config: fields {', '.join(differ)} differ "
-            f"(use a new --workdir, or the same values)")
+            f"{self.workdir} was made by another config: fields {', '.join(differ)} differ: "
+            f"{values}{source} (use a new --workdir, or the same values)")
     if not self.writer:
       return
     write_text(self.config_path, json.dumps(
