@@ -130,6 +130,63 @@ def verify(queries, documents, relevance) -> tuple[bool, float]:
   return margin > 0, margin
 
 
+def _embeddings(name: str, array) -> np.ndarray:
+  array = np.asarray(array)
+  if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+    raise ValueError(f"{name} are not real numbers (dtype {array.dtype})")
+  if array.ndim != 2 or 0 in array.shape:
+    raise ValueError(f"{name} need a non-empty 2-D array, got shape {array.shape}")
+  return array.astype(np.float64)
+
+
+def check_witness(queries, documents, relevance) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(queries, documents) in float64 and the relevance table, once they state a problem a
+  margin can certify; else a one-line ValueError saying what is wrong.
+
+  The table is how witnesses are written: row i the distinct indices of query i's relevant
+  documents, then PAD; every query needs a relevant document and a non-relevant one, or its
+  margin (+inf, or none at all) would certify nothing.
+  """
+  queries, documents = _embeddings("queries", queries), _embeddings("documents", documents)
+  relevance = np.asarray(relevance)
+  if queries.shape[1] != documents.shape[1]:
+    raise ValueError(f"queries have {queries.shape[1]} dimensions, documents "
+                     f"{documents.shape[1]}")
+  if not np.issubdtype(relevance.dtype, np.integer):
+    raise ValueError(f"relevance needs integer document indices, got dtype {relevance.dtype}")
+  if relevance.ndim != 2 or relevance.shape[0] != len(queries) or relevance.shape[1] == 0:
+    raise ValueError(f"relevance needs shape ({len(queries)} queries, >= 1), got "
+                     f"{relevance.shape}")
+  n = len(documents)
+  valid = relevance != problems.PAD
+  counts = valid.sum(axis=1)
+  ordered = np.sort(relevance, axis=1)
+  flagged = (
+      (valid & ((relevance < 0) | (relevance >= n))).any(axis=1),
+      (~valid[:, :-1] & valid[:, 1:]).any(axis=1),
+      ((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] != problems.PAD)).any(axis=1),
+      counts == 0, counts >= n)
+  reasons = (f"an index outside 0..{n - 1} (or {problems.PAD}, padding)",
+             "an index after padding", "a repeated index", "no relevant document",
+             f"all {n} documents relevant")
+  for bad, reason in zip(flagged, reasons):
+    if bad.any():
+      row = int(np.flatnonzero(bad)[0])
+      raise ValueError(f"relevance row {row} has {reason}: {relevance[row].tolist()} "
+                       f"({int(bad.sum())} of {len(bad)} rows)")
+  return queries, documents, relevance
+
+
+def margin64(queries, documents, relevance) -> float:
+  """The float64 margin of embeddings that claim to retrieve every relevant set strictly:
+  positive certifies them. NaN when an embedding is NaN or inf (an infinite score could
+  fake any margin). Raises (check_witness) where the arrays state no problem to certify."""
+  queries, documents, relevance = check_witness(queries, documents, relevance)
+  if not (np.isfinite(queries).all() and np.isfinite(documents).all()):
+    return math.nan
+  return verify(queries, documents, relevance)[1]
+
+
 def certify(success: bool, queries, documents, relevance) -> tuple[bool, float]:
   """(certified, margin64): a success re-checked in float64 from its final embeddings.
 
@@ -137,9 +194,8 @@ def certify(success: bool, queries, documents, relevance) -> tuple[bool, float]:
   certificate asks that every relevant document strictly outranks every other one, in
   float64 arithmetic on the same (float32) embeddings.
   """
-  ok, margin64 = verify(np.asarray(queries, np.float64), np.asarray(documents, np.float64),
-                        relevance)
-  return bool(success and ok), margin64
+  margin = margin64(queries, documents, relevance)
+  return bool(success and margin > 0), margin
 
 
 def _safe_margin(dtype, k: int) -> float:

@@ -27,6 +27,8 @@ import sys
 import threading
 import time
 import uuid
+import zipfile
+import zlib
 
 import jax
 import numpy as np
@@ -577,3 +579,15 @@ class Store:
   def close(self) -> None:
     if self._checkpoints is not None:
       self._checkpoints.close()
+
+
+def read_witness(path: str) -> dict[str, np.ndarray]:
+  """The arrays of a witness .npz (never unpickled), or a one-line ValueError saying why not."""
+  try:
+    data = epath.Path(path).read_bytes()
+    if not data.startswith(b"PK"):  # np.load would read a .npy, or try to unpickle
+      raise ValueError("not a zip archive")
+    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+      return {name: archive[name] for name in archive.files}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+    raise ValueError(f"not a readable .npz: {' '.join(str(error).split())}") from None
