@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging as std_logging
+import math
 import os
 import shlex
 import signal
@@ -206,21 +207,32 @@ def status(argv) -> None:
 
 
 def verify(argv) -> None:
-  """Re-check a witness in float64: every query's relevant documents strictly on top."""
+  """Re-check a witness in float64 from its arrays alone: every query's relevant documents
+  strictly on top. d, n and the queries are read off the arrays; stored d and n must agree."""
   if len(argv) != 2:
     sys.exit("usage: sweep verify WITNESS.npz")
+  path = argv[1]
   try:
-    with np.load(argv[1]) as witness:
-      queries, documents, relevance = (witness[name].astype(np.float64) if name != "relevance"
-                                       else witness[name]
-                                       for name in ("queries", "documents", "relevance"))
-      d, n = int(witness["d"]), int(witness["n"])
-  except (OSError, KeyError, ValueError) as error:
-    _fail(ValueError(f"{argv[1]} is not a witness file: {error}"))
-  ok, margin = construct.verify(queries, documents, relevance)
-  print(f"{argv[1]}: d={d}, n={n}, {len(queries)} queries: "
-        f"{'verified' if ok else 'NOT verified'} in float64, margin {margin:.3e}")
-  sys.exit(0 if ok else 1)
+    arrays = store_lib.read_witness(path)
+    missing = [name for name in ("queries", "documents", "relevance") if name not in arrays]
+    if missing:
+      raise ValueError(f"no {', '.join(missing)} array (holds {sorted(arrays)})")
+    queries, documents, relevance = (arrays[name] for name in ("queries", "documents",
+                                                               "relevance"))
+    margin = construct.margin64(queries, documents, relevance)
+    d, n = queries.shape[1], documents.shape[0]
+    for name, actual in (("d", d), ("n", n)):
+      stored = arrays.get(name)
+      if stored is not None and not (stored.shape == () and stored.dtype.kind in "iu"
+                                     and int(stored) == actual):
+        raise ValueError(f"it says {name}={stored.tolist()!r}, its arrays have {name}={actual}")
+  except ValueError as error:
+    _fail(ValueError(f"{path}: not a witness: {error}"))
+  verdict = (f"verified in float64, margin {margin:.3e}" if margin > 0 else
+             "NOT verified in float64: an embedding is NaN or inf" if math.isnan(margin) else
+             f"NOT verified in float64, margin {margin:.3e}")
+  print(f"{path}: d={d}, n={n}, {len(queries)} queries: {verdict}")
+  sys.exit(0 if margin > 0 else 1)
 
 
 def geometry_table(argv) -> None:

@@ -21,8 +21,8 @@ def default_config() -> ConfigDict:
       eval_every=50, num_queries=0, start_n=0, max_n=0, local_sweep=4, probes_per_search=2,
       start_window=0,
       max_slots=64, bucket_slots=0, chunk_evals=20, memory_budget_mb=2048.0, checkpoint_every_s=60.0,
-      protocol="free", warm_noise=0.0, qrels="", start_d=0, label="", query_tile=0,
-      matmul_precision="highest"))
+      protocol="free", warm_noise=0.0, qrels="", qrels_sha256="", start_d=0, label="",
+      query_tile=0, matmul_precision="highest"))
 
 
 # free: learn queries and documents (the paper). centroid: learn documents only, each query
@@ -66,6 +66,11 @@ def validate_config(config: ConfigDict) -> None:
   _check(config.min_delta >= 0, "min_delta", config.min_delta, ">= 0")
   _check(config.warm_noise >= 0, "warm_noise", config.warm_noise, ">= 0")
   _check(config.protocol in PROTOCOLS, "protocol", config.protocol, f"one of {PROTOCOLS}")
+  digest = config.qrels_sha256
+  _check(isinstance(digest, str) and (digest == "" or (
+      config.qrels and len(digest) == 64 and set(digest) <= set("0123456789abcdef"))),
+         "qrels_sha256", digest, "\"\" (set from the qrels file) or, with qrels, 64 lowercase hex "
+         "digits (Relevance.sha256 of its content)")
   if config.protocol in ("warm", "construction"):
     _check(not config.qrels, "protocol", config.protocol,
            "free or centroid for a qrels fit (the construction is for top-k sets)")

@@ -142,6 +142,65 @@ def unit_rows(x) -> bool:
     return bool(np.all(np.abs((x * x).sum(axis=-1) - 1) <= UNIT_TOLERANCE))
 
 
+def _embeddings(name: str, array) -> np.ndarray:
+  array = np.asarray(array)
+  if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+    raise ValueError(f"{name} are not real numbers (dtype {array.dtype})")
+  if array.ndim != 2 or 0 in array.shape:
+    raise ValueError(f"{name} need a non-empty 2-D array, got shape {array.shape}")
+  return array.astype(np.float64)
+
+
+def check_witness(queries, documents, relevance) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(queries, documents) in float64 and the relevance table, once they state a problem a
+  margin can certify; else a one-line ValueError saying what is wrong.
+
+  The table is how witnesses are written: row i the distinct indices of query i's relevant
+  documents, then PAD; every query needs a relevant document and a non-relevant one, or its
+  margin (+inf, or none at all) would certify nothing.
+  """
+  queries, documents = _embeddings("queries", queries), _embeddings("documents", documents)
+  relevance = np.asarray(relevance)
+  if queries.shape[1] != documents.shape[1]:
+    raise ValueError(f"queries have {queries.shape[1]} dimensions, documents "
+                     f"{documents.shape[1]}")
+  if not np.issubdtype(relevance.dtype, np.integer):
+    raise ValueError(f"relevance needs integer document indices, got dtype {relevance.dtype}")
+  if relevance.ndim != 2 or relevance.shape[0] != len(queries) or relevance.shape[1] == 0:
+    raise ValueError(f"relevance needs shape ({len(queries)} queries, >= 1), got "
+                     f"{relevance.shape}")
+  n = len(documents)
+  valid = relevance != problems.PAD
+  counts = valid.sum(axis=1)
+  ordered = np.sort(relevance, axis=1)
+  flagged = (
+      (valid & ((relevance < 0) | (relevance >= n))).any(axis=1),
+      (~valid[:, :-1] & valid[:, 1:]).any(axis=1),
+      ((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] != problems.PAD)).any(axis=1),
+      counts == 0, counts >= n)
+  reasons = (f"an index outside 0..{n - 1} (or {problems.PAD}, padding)",
+             "an index after padding", "a repeated index", "no relevant document",
+             f"all {n} documents relevant")
+  for bad, reason in zip(flagged, reasons):
+    if bad.any():
+      row = int(np.flatnonzero(bad)[0])
+      raise ValueError(f"relevance row {row} has {reason}: {relevance[row].tolist()} "
+                       f"({int(bad.sum())} of {len(bad)} rows)")
+  return queries, documents, relevance
+
+
+def margin64(queries, documents, relevance) -> float:
+  """The float64 margin of embeddings that claim to retrieve every relevant set strictly:
+  positive certifies them. NaN when an embedding is NaN or inf (an infinite score could
+  fake any margin). Raises (check_witness) where the arrays state no problem to certify."""
+  queries, documents, relevance = check_witness(queries, documents, relevance)
+  if not (np.isfinite(queries).all() and np.isfinite(documents).all()):
+    return math.nan
+  with np.errstate(over="ignore", invalid="ignore"):  # huge finite rows: an inf score, no margin
+    margin = verify(queries, documents, relevance)[1]
+  return margin if math.isfinite(margin) else math.nan
+
+
 def certify(success: bool, queries, documents, relevance) -> tuple[bool, float]:
   """(certified, margin64): a success re-checked in float64 from its final embeddings.
 
@@ -151,10 +210,8 @@ def certify(success: bool, queries, documents, relevance) -> tuple[bool, float]:
   protocol trains: finite unit rows. A zero row scores 0 against everything, which can
   outrank negative scores; a NaN or inf row proves nothing at all.
   """
-  queries, documents = np.asarray(queries, np.float64), np.asarray(documents, np.float64)
-  with np.errstate(over="ignore", invalid="ignore"):
-    ok, margin64 = verify(queries, documents, relevance)
-  return bool(success and ok and unit_rows(queries) and unit_rows(documents)), margin64
+  margin = margin64(queries, documents, relevance)
+  return bool(success and margin > 0 and unit_rows(queries) and unit_rows(documents)), margin
 
 
 def _safe_margin(dtype, k: int) -> float:

@@ -10,12 +10,15 @@ benchmark. Only relevance matters here: scores > 0 are relevant, the grade is dr
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.resources
 import json
 import math
 import os
 import pathlib
 import warnings
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -58,6 +61,13 @@ class Relevance:
   def relevant_counts(self) -> np.ndarray:
     """How many documents are relevant to each query, int [num_queries]."""
     return (self.table != PAD).sum(axis=1)
+
+  @property
+  def sha256(self) -> str:
+    """A hash of the content (ids and table), not of the file: what a workdir is bound to,
+    so an edited file is refused under its old name and a copy is accepted under a new one."""
+    canonical = json.dumps([self.query_ids, self.document_ids, self.table.tolist()])
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
   def matrix(self) -> np.ndarray:
     """The relevance as a bool matrix [num_queries, num_documents]."""
@@ -194,34 +204,46 @@ def _from_qrels(path: pathlib.Path, source: str) -> Relevance:
   return _build(relevant, list(query_index), list(document_index), source)
 
 
+# What np.load raises on an archive that is not a readable npz (truncated, corrupt, not a zip,
+# a pickled object array, a member that is not an .npy).
+_UNREADABLE_NPZ = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError)
+
+
 def _from_npz(path: pathlib.Path, source: str) -> Relevance:
-  with np.load(path, allow_pickle=False) as arrays:
-    keys = list(arrays.keys())
-    if _NPZ_KEY in keys:
-      key = _NPZ_KEY
-    elif len(keys) == 1:
-      key = keys[0]
-    else:
-      raise ValueError(f"{source}: holds arrays {keys}; expected key {_NPZ_KEY!r} "
-                       "or a single array")
-    matrix = arrays[key]
+  try:
+    with np.load(path, allow_pickle=False) as arrays:
+      keys = list(arrays.keys())
+      if _NPZ_KEY in keys:
+        key = _NPZ_KEY
+      elif len(keys) == 1:
+        key = keys[0]
+      else:
+        raise ValueError(f"holds arrays {keys}; expected key {_NPZ_KEY!r} or a single array")
+      matrix = arrays[key]
+  except _UNREADABLE_NPZ as error:
+    raise ValueError(f"{source}: not a readable npz relevance matrix: "
+                     f"{' '.join(str(error).split()) or type(error).__name__}") from None
   return relevance_from_matrix(matrix, source)
 
 
 def load_relevance(path: str | os.PathLike) -> Relevance:
   """Reads qrels.jsonl (MTEB / BEIR), a qrels TSV with header, or an .npz bool matrix.
 
-  The format is read from the content, not the suffix: a zip archive is an npz, a first line
-  starting with '{' (or '[') is JSON lines, anything else is a TSV whose first line is the
-  header.
+  The format is read from the content, not the suffix: a zip archive ("PK") is an npz, a
+  first line starting with '{' (or '[') is JSON lines, anything else is a TSV whose first line
+  is the header. Every file that cannot be read as one of them is a one-line ValueError naming
+  it.
   """
   path = pathlib.Path(path)
   source = str(path)
-  with open(path, "rb") as f:
-    magic = f.read(4)
-  if magic == b"PK\x03\x04":
-    return _from_npz(path, source)
-  return _from_qrels(path, source)
+  try:
+    with open(path, "rb") as f:
+      magic = f.read(2)
+    if magic == b"PK":  # how every zip record starts; no qrels text can (the header check)
+      return _from_npz(path, source)
+    return _from_qrels(path, source)
+  except OSError as error:  # missing, a directory, unreadable: the qrels file, not the workdir
+    raise ValueError(f"qrels {source}: cannot be read: {error.strerror or error}") from None
 
 
 def limit_small_path() -> pathlib.Path:

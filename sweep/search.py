@@ -23,7 +23,10 @@ around start_n, for devices wide enough to probe it at once):
   * gallop down (a failure, no success below it): start-1, start-2, start-4, ...,
   clamped to floor_n + 1
   * bisection   (lo, hi both found, hi - lo > 1): cut the bracket into near-equal parts
-  * local sweep (bracket closed): every n in [lo - r, lo + r + 1] above floor_n
+  * local sweep (bracket closed): every n in [lo - r, lo + r + 1] above floor_n and at
+  most ceiling_n
+Every proposal lies in [floor_n + 1, ceiling_n]: outside it a coordinate may mean nothing
+(critical d reads n backwards, so past its ceiling lies d <= 0).
 With max_points == 1 this is the classic sequential gallop + bisection. With more points,
 gallops speculate along their sequence, bisection cuts the bracket into m + 1 parts
 (pending points count as cuts already), and the sweep asks for all its remaining points.
@@ -139,8 +142,11 @@ def _gallop_down(spec: SearchSpec) -> Iterator[int]:
 
 
 def _sweep_window(spec: SearchSpec, lo: int) -> range:
-  """[lo - r, lo + r + 1], cut at floor_n + 1."""
-  return range(max(lo - spec.local_sweep, spec.floor_n + 1), lo + spec.local_sweep + 2)
+  """[lo - r, lo + r + 1], cut to the probeable range [floor_n + 1, ceiling_n]."""
+  top = lo + spec.local_sweep + 1
+  if spec.ceiling_n is not None:
+    top = min(top, spec.ceiling_n)
+  return range(max(lo - spec.local_sweep, spec.floor_n + 1), top + 1)
 
 
 def _split(lo: int, hi: int, cuts: set[int], max_points: int) -> list[int]:

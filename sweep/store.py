@@ -27,6 +27,8 @@ import sys
 import threading
 import time
 import uuid
+import zipfile
+import zlib
 
 import jax
 import numpy as np
@@ -41,7 +43,8 @@ _INT_COLUMNS = ("d", "k", "critical_n", "max_success_n", "lo", "hi", "critical_n
 RESULT_KEY = ("d", "n", "k", "seed")
 _OBJECT_STORES = ("gs://", "s3://")
 # Fields that change how a sweep runs but not what it finds; a resumed run may change them.
-RUN_ONLY_FIELDS = ("checkpoint_every_s", "label")
+# qrels is where the relevance file lies; its content is bound by qrels_sha256.
+RUN_ONLY_FIELDS = ("checkpoint_every_s", "label", "qrels")
 LOCK_NAME = "lock.json"
 LEASE_SECONDS = 120.0  # an object-store lease not renewed for this long is taken over
 RESTORE_TRIES = 3
@@ -378,9 +381,12 @@ class Store:
       differ = sorted(key for key in set(previous) | set(config)
                       if key not in RUN_ONLY_FIELDS and previous.get(key) != config.get(key))
       if differ:
+        values = "; ".join(f"{key} {previous.get(key)!r} in config.json, {config.get(key)!r} "
+                           f"in this run" for key in differ)
+        source = f" (qrels {config['qrels']})" if "qrels_sha256" in differ else ""
         raise ValueError(
-            f"{self.workdir} was made by another config: fields {', '.join(differ)} differ "
-            f"(use a new --workdir, or the same values)")
+            f"{self.workdir} was made by another config: fields {', '.join(differ)} differ: "
+            f"{values}{source} (use a new --workdir, or the same values)")
     if not self.writer:
       return
     write_text(self.config_path, json.dumps(
@@ -573,3 +579,15 @@ class Store:
   def close(self) -> None:
     if self._checkpoints is not None:
       self._checkpoints.close()
+
+
+def read_witness(path: str) -> dict[str, np.ndarray]:
+  """The arrays of a witness .npz (never unpickled), or a one-line ValueError saying why not."""
+  try:
+    data = epath.Path(path).read_bytes()
+    if not data.startswith(b"PK"):  # np.load would read a .npy, or try to unpickle
+      raise ValueError("not a zip archive")
+    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+      return {name: archive[name] for name in archive.files}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+    raise ValueError(f"not a readable .npz: {' '.join(str(error).split())}") from None

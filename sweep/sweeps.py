@@ -137,8 +137,16 @@ class CriticalD:
   GEOMETRY_WITNESS = "geometry"  # witnesses/geometry.npz: the upper bound's construction
 
   def __init__(self, config: ConfigDict):
+    """Reads the relevance once and binds config.qrels_sha256 to what was read: the workdir's
+    config.json then refuses a file whose content changed under the same name (store.claim),
+    and a hash given up front pins the content a run may use."""
     self.config = config
     self.relevance = qrels.load_relevance(config.qrels)
+    digest = self.relevance.sha256
+    if config.qrels_sha256 and config.qrels_sha256 != digest:
+      raise ValueError(f"qrels {config.qrels}: content sha256 {digest} is not "
+                       f"config.qrels_sha256 {config.qrels_sha256}: the file changed")
+    config.qrels_sha256 = digest
     self.num_documents = self.relevance.num_documents
     if self.num_documents < 2:
       raise ValueError(f"{config.qrels}: needs at least 2 documents to search a dimension")

@@ -5,8 +5,9 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
-from sweep import construct, driver as driver_lib, objective, problems
+from sweep import cli, construct, driver as driver_lib, objective, problems
 from sweep import trainer as T
 from sweep.store import Store
 from test_driver import tiny_config
@@ -81,3 +82,93 @@ def test_construction_protocol_needs_no_training(tmp_path):
   row = store.read_critical_n()[0]
   assert row["done"] is True and row["critical_n"] is None and row["lo"] == 60
   assert row["status"] == "ceiling"
+
+
+def _witness(**changes):
+  """A valid witness of the d = 4 construction at n = 5 (as the driver writes one), changed."""
+  queries, documents = construct.construction(5, 2)
+  arrays = dict(queries=queries.astype(np.float32), documents=documents.astype(np.float32),
+                relevance=problems.colex_subsets(5, 2), d=4, n=5, seed=0, margin64=0.1)
+  arrays.update(changes)
+  return {name: value for name, value in arrays.items() if value is not None}
+
+
+def _verify(path, capsys):
+  """`sweep verify PATH` in this process: (exit code, stdout, stderr)."""
+  with pytest.raises(SystemExit) as stop:
+    cli.verify(["sweep verify", str(path)])
+  code = stop.value.code
+  out, err = capsys.readouterr()
+  return (code, out, err) if isinstance(code, int) else (1, out, err + code)
+
+
+def test_verify_recomputes_what_it_prints_from_the_arrays(tmp_path, capsys):
+  np.savez(tmp_path / "w.npz", **_witness())
+  code, out, _ = _verify(tmp_path / "w.npz", capsys)
+  assert code == 0 and "d=4, n=5, 10 queries: verified in float64" in out
+  np.savez(tmp_path / "meta.npz", **_witness(d=None, n=None, seed=None, margin64=None))
+  assert _verify(tmp_path / "meta.npz", capsys)[:2] == (0, out.replace("w.npz", "meta.npz"))
+  # Two queries swapped: the arrays are well formed and their margin is negative.
+  np.savez(tmp_path / "wrong.npz", **_witness(relevance=problems.colex_subsets(5, 2)[::-1]))
+  code, out, _ = _verify(tmp_path / "wrong.npz", capsys)
+  assert code == 1 and "NOT verified in float64, margin -" in out
+
+
+def _relevance(rows):
+  return np.array(rows, dtype=np.int32)
+
+
+MALFORMED = {
+    "all padding": dict(relevance=np.full((10, 2), -1, np.int32)),
+    "edited d": dict(d=7),
+    "edited n": dict(n=50),
+    "index out of range": dict(relevance=np.where(problems.colex_subsets(5, 2) == 4, 5,
+                                                  problems.colex_subsets(5, 2))),
+    "short relevance": dict(relevance=problems.colex_subsets(5, 2)[:3]),
+    "float indices": dict(relevance=problems.colex_subsets(5, 2).astype(np.float64)),
+    "zero rows": dict(queries=np.zeros((0, 4)), relevance=np.zeros((0, 2), np.int32)),
+    "mismatched dims": dict(documents=np.eye(5)),
+    "a query with every document": dict(relevance=np.tile(np.arange(5), (10, 1))),
+    "an index after padding": dict(relevance=_relevance([[-1, 0]] * 10)),
+    "a repeated index": dict(relevance=_relevance([[0, 0]] * 10)),
+    "no queries array": dict(queries=None),
+    "string embeddings": dict(documents=np.array([["a"] * 4] * 5)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_verify_refuses_a_malformed_witness_in_one_line(tmp_path, capsys, case):
+  np.savez(tmp_path / "w.npz", **_witness(**MALFORMED[case]))
+  code, out, err = _verify(tmp_path / "w.npz", capsys)
+  assert code == 1 and out == "" and "verified" not in err
+  assert err.startswith(f"error: {tmp_path / 'w.npz'}: not a witness: ")
+  assert len(err.strip().splitlines()) == 1
+
+
+def test_verify_refuses_unreadable_files_in_one_line(tmp_path, capsys):
+  (tmp_path / "text.npz").write_text("not an archive\n")
+  (tmp_path / "zip.npz").write_bytes(b"PK\x03\x04garbage")
+  np.savez(tmp_path / "empty.npz")
+  np.save(tmp_path / "plain.npy", np.eye(3))
+  np.savez(tmp_path / "pickled.npz", **_witness(relevance=np.array([[0, None]], dtype=object)))
+  for name in ("text.npz", "zip.npz", "empty.npz", "plain.npy", "pickled.npz", "missing.npz"):
+    code, out, err = _verify(tmp_path / name, capsys)
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1, (name, err)
+    assert err.startswith(f"error: {tmp_path / name}: not a witness: "), err
+
+
+def test_verify_refuses_non_finite_embeddings(tmp_path, capsys):
+  for value in (np.nan, np.inf):
+    documents = construct.construction(5, 2)[1]
+    documents[0, 0] = value  # an infinite score of a relevant document could fake any margin
+    np.savez(tmp_path / "w.npz", **_witness(documents=documents))
+    code, out, _ = _verify(tmp_path / "w.npz", capsys)
+    assert code == 1 and "NOT verified in float64: an embedding is NaN or inf" in out
+
+
+def test_certificates_refuse_arrays_that_certify_nothing():
+  queries, documents = construct.construction(5, 2)
+  with pytest.raises(ValueError, match="row 0 has no relevant document"):
+    construct.certify(True, queries, documents, np.full((10, 2), -1))
+  assert np.isnan(construct.margin64(queries * np.inf, documents, problems.colex_subsets(5, 2)))
+  assert construct.certify(True, queries, documents, problems.colex_subsets(5, 2))[0]

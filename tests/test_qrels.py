@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from sweep import problems, qrels
+from test_driver import sweep
 
 # Mixed sizes of relevant sets: 2, 3 and 1 of 5 documents. Read query by query, documents
 # first appear in column order, so qrels files of it number documents as the npz does.
@@ -147,3 +148,93 @@ def test_npz_errors(tmp_path):
     qrels.load_relevance(tmp_path / "float.npz")
   with pytest.raises(ValueError, match="2-D"):
     qrels.relevance_from_matrix(np.ones(3, dtype=bool))
+
+
+def _fit(qrels_path, workdir, *flags):
+  """`sweep fit-qrels` with the reference config: (exit code, stdout, stderr)."""
+  process = sweep("fit-qrels", f"--qrels={qrels_path}", f"--workdir={workdir}", *flags)
+  out, err = process.communicate(timeout=300)
+  return process.returncode, out, err
+
+
+ONE_EACH = "".join(f'{{"query-id": "{q}", "corpus-id": "{doc}", "score": 1}}\n'
+                   for q, doc in (("a", "x"), ("b", "y"), ("c", "z")))
+
+
+def test_fit_qrels_finishes_where_the_critical_d_is_below_the_local_sweep(tmp_path):
+  # Three documents, each the only relevant one of its query: d = 1 cannot (the middle of
+  # three points on a line is never on top), d = 2 can. The default sweep radius (4) reaches
+  # past d = 1; no probe may be proposed there.
+  (tmp_path / "q.jsonl").write_text(ONE_EACH)
+  code, out, err = _fit(tmp_path / "q.jsonl", tmp_path / "w")
+  assert code == 0, err
+  assert "critical d = 2 (d = 2 trains every relevant set, d = 1 does not)" in out
+  probes = {r["d"] for r in map(json.loads, (tmp_path / "w" / "results.jsonl").open())}
+  assert probes == {1, 2}
+
+
+def test_a_workdir_is_bound_to_the_content_of_its_qrels(tmp_path):
+  path = tmp_path / "q.jsonl"
+  path.write_text(ONE_EACH)
+  assert _fit(path, tmp_path / "w")[0] == 0
+  bound = json.loads((tmp_path / "w" / "config.json").read_text())["config"]["qrels_sha256"]
+  assert bound == qrels.load_relevance(path).sha256
+  results = (tmp_path / "w" / "results.jsonl").read_text()
+
+  path.write_text(ONE_EACH + '{"query-id": "d", "corpus-id": "x", "score": 1}\n')  # in place
+  code, out, err = _fit(path, tmp_path / "w")
+  changed = qrels.load_relevance(path).sha256
+  assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
+  assert bound in err and changed in err and str(path) in err and "qrels_sha256" in err
+  assert (tmp_path / "w" / "results.jsonl").read_text() == results
+
+  # The same content under another name (and in another form) is the same relevance.
+  np.savez(tmp_path / "copy.npz", relevance=np.eye(3, dtype=bool))
+  assert qrels.load_relevance(tmp_path / "copy.npz").sha256 != bound  # ids differ: 0, 1, 2
+  (tmp_path / "copy.jsonl").write_text(ONE_EACH)
+  code, out, err = _fit(tmp_path / "copy.jsonl", tmp_path / "w")
+  assert code == 0 and "copy.jsonl: 3 queries x 3 documents, critical d = 2" in out, err
+
+  # A hash given up front pins the content a fresh workdir may use.
+  code, _, err = _fit(path, tmp_path / "pinned", f"--config.qrels_sha256={bound}")
+  assert code == 1 and f"content sha256 {changed} is not config.qrels_sha256 {bound}" in err
+  assert not (tmp_path / "pinned" / "config.json").exists()
+
+
+@pytest.mark.parametrize("name, content, match", [
+    ("zip.jsonl", b"PK\x03\x04garbage", "not a readable npz"),
+    ("empty-archive.npz", b"PK\x05\x06" + bytes(18), "holds arrays \\[\\]"),
+    ("text.npz", b"hello\n", "columns missing"),
+    ("junk.bin", bytes(range(256)), "not UTF-8 text nor an npz"),
+    ("latin1.tsv", "query-id\tcorpus-id\tscore\nq\t\xe9\t1\n".encode("latin-1"), "not UTF-8"),
+    ("empty.tsv", b"", "file is empty"),
+])
+def test_malformed_bytes_are_one_line_naming_the_file(tmp_path, name, content, match):
+  path = tmp_path / name
+  path.write_bytes(content)
+  with pytest.raises(ValueError, match=match) as error:
+    qrels.load_relevance(path)
+  assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_malformed_npz_archives_are_one_line_naming_the_file(tmp_path):
+  np.savez(tmp_path / "good.npz", relevance=MATRIX)
+  whole = (tmp_path / "good.npz").read_bytes()
+  corrupt = bytearray(whole)
+  corrupt[whole.index(b"\x93NUMPY") + 80] ^= 0xFF  # a member whose CRC fails
+  cases = {"truncated.npz": whole[:len(whole) // 2], "corrupt.npz": bytes(corrupt)}
+  for name, content in cases.items():
+    (tmp_path / name).write_bytes(content)
+  np.savez(tmp_path / "pickled.npz", relevance=np.array([[True, None]], dtype=object))
+  for name in (*cases, "pickled.npz"):
+    with pytest.raises(ValueError, match="not a readable npz") as error:
+      qrels.load_relevance(tmp_path / name)
+    assert str(tmp_path / name) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_missing_qrels_file_is_a_qrels_error(tmp_path):
+  code, out, err = _fit(tmp_path / "nowhere.jsonl", tmp_path / "w")
+  assert code == 1 and len(err.strip().splitlines()) == 1
+  assert err.startswith(f"error: qrels {tmp_path / 'nowhere.jsonl'}: cannot be read")
+  with pytest.raises(ValueError, match="cannot be read: Is a directory"):
+    qrels.load_relevance(tmp_path)

@@ -1,6 +1,8 @@
 """Critical-n search: driven to completion against plain oracle functions."""
 
+import itertools
 import json
+import random
 from collections.abc import Callable
 
 import pytest
@@ -21,6 +23,7 @@ def drive(spec: SearchSpec, oracle: Callable[[int], bool], m: int) -> tuple[Sear
     pts = propose(s, pending=[], max_points=m)
     assert pts and len(pts) <= m and pts == sorted(set(pts))
     assert all(n > spec.floor_n and n not in dict(s.outcomes) for n in pts)
+    assert spec.ceiling_n is None or max(pts) <= spec.ceiling_n
     rounds.append(pts)
     for n in pts:
       s = record(s, n, oracle(n))
@@ -146,3 +149,22 @@ def test_a_window_brackets_a_boundary_near_the_start_in_one_round() -> None:
   assert propose(new_search(spec), pending=[], max_points=3) == [9, 10, 11]
   far, _ = drive(spec, lambda n: n <= 40, 9)
   assert summary(far)["critical_n"] == 40
+
+
+def test_every_proposal_stays_in_range_and_every_search_ends() -> None:
+  # Critical d reads n backwards (d = num_documents - n), so a probe past ceiling_n is a
+  # d <= 0; a probe at floor_n or below is an n <= k. Any boundary, start, radius, window and
+  # width, monotone or not, must keep every proposal in [floor_n + 1, ceiling_n].
+  rng = random.Random(0)
+  for floor, span, radius, window, m in itertools.product((0, 2), range(1, 7), (0, 1, 4),
+                                                          (0, 2), (1, 2, 4)):
+    ceiling = floor + span
+    for start in range(floor + 1, ceiling + 1):
+      spec = SearchSpec(start_n=start, floor_n=floor, local_sweep=radius, ceiling_n=ceiling,
+                        window=window)
+      for c in range(floor, ceiling + 1):
+        out = summary(drive(spec, lambda n: n <= c, m)[0])
+        expected = (None, ceiling) if c == ceiling else (c, c)
+        assert (out["critical_n"], out["lo"]) == expected, (spec, c, m)
+      outcomes = {n: rng.random() < 0.5 for n in range(floor + 1, ceiling + 1)}
+      assert summary(drive(spec, outcomes.__getitem__, m)[0])["done"]
