@@ -3,21 +3,26 @@ was never interrupted.
 
   python benchmarks/kill_stress.py [--kills=20] [--seed=0] [--workdir=/tmp/kill_stress]
 
-The kill points take turns: a random moment of the training loop (0 to 2 s after the run's
-first progress line); the moment orbax's temporary checkpoint directory appears, inside a
-checkpoint save (the config checkpoints after every chunk; a kill landed inside the save when
-it left that directory behind); and the moment results.jsonl grows, before the checkpoint that
-follows every append. A single small write() is too short to hit, so for those the last line
-is then cut in half, which is what a kill inside the append leaves (only when no checkpoint
-completed after the append, so the state is one a kill can leave). At the end results.jsonl
-(without wall times) and critical_n.csv must equal the uninterrupted run's. Several minutes
-on a 2-core CPU: each resume imports JAX and compiles again.
+The kill points (KILL_POINTS) take turns: a random moment of the training loop (0 to 2 s
+after the run's first progress line); the moment orbax's temporary checkpoint directory
+appears, inside a checkpoint save (the config checkpoints after every chunk; a kill landed
+inside the save when it left that directory behind); the moment results.jsonl grows, before
+the checkpoint that follows every append (a single small write() is too short to hit, so the
+last line is then cut in half, which is what a kill inside the append leaves, only when no
+checkpoint completed after the append, so the state is one a kill can leave); the moment a
+resume rewrites results.jsonl after half its lines were removed (the rebuild from the
+checkpoint); and a resume after config.json was deleted. At the end results.jsonl (without
+wall times) and critical_n.csv must equal the uninterrupted run's, and the checkpoints folder
+must hold two checkpoints and nothing else. Several minutes on a 2-core CPU: each resume
+imports JAX and compiles again.
 """
 
 
 from __future__ import annotations
 
 import argparse
+import collections
+import dataclasses
 import json
 import os
 import random
@@ -27,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 CONFIG = """from sweep.config import default_config
@@ -104,6 +110,75 @@ def outcome(workdir: Path) -> tuple[list[dict], str]:
           (workdir / "critical_n.csv").read_text())
 
 
+def random_moment(workdir: Path, process, rng: random.Random) -> str | None:
+  time.sleep(rng.uniform(0, 2))
+  return None
+
+
+def inside_save(workdir: Path, process, rng: random.Random) -> str | None:
+  wait_until(lambda: saving(workdir), process)
+  return "landed inside a checkpoint save" if saving(workdir) else None
+
+
+def inside_append(workdir: Path, process, rng: random.Random):
+  """Waits for an append; returns what to do once the run is killed."""
+  size, names = results_size(workdir), checkpoint_names(workdir)
+
+  def appended():  # the checkpoints complete just before the append was seen
+    nonlocal names
+    names = checkpoint_names(workdir)
+    return results_size(workdir) > size
+  wait_until(appended, process)
+
+  def after_kill() -> str | None:
+    completed_since = {n for n in checkpoint_names(workdir) - names if "tmp" not in n}
+    if results_size(workdir) > size and not completed_since:
+      cut_last_line(workdir)
+    return "left a half-written results line" if torn(workdir) else None
+  return after_kill
+
+
+def halve_results(workdir: Path) -> None:
+  """Remove every other results line: the resume must rebuild them from its checkpoint."""
+  path = workdir / "results.jsonl"
+  if path.exists():
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[::2]))
+
+
+def inside_rebuild(workdir: Path, process, rng: random.Random) -> str | None:
+  path = workdir / "results.jsonl"
+  before = path.stat().st_ino if path.exists() else None
+  rewritten = lambda: (workdir / ".results.jsonl.tmp").exists() or (
+      path.exists() and path.stat().st_ino != before)
+  wait_until(rewritten, process, seconds=60)
+  return "landed inside a results rebuild" if (workdir / ".results.jsonl.tmp").exists() else None
+
+
+def delete_config_json(workdir: Path) -> None:
+  (workdir / "config.json").unlink(missing_ok=True)
+
+
+@dataclasses.dataclass
+class KillPoint:
+  """What is done to the workdir before a run starts, and how long the run lives after it
+  is in its loop (or rebuilding): `wait` returns a note to count, None, or a function that
+  returns one after the kill."""
+  name: str
+  wait: Callable
+  before: Callable[[Path], None] = lambda workdir: None
+  wait_for_loop: bool = True  # False: the kill point lies before the first progress line
+
+
+KILL_POINTS = [
+    KillPoint("a random moment of the training loop", random_moment),
+    KillPoint("inside a checkpoint save", inside_save),
+    KillPoint("inside a results append", inside_append),
+    KillPoint("inside the rebuild of removed results lines", inside_rebuild,
+              before=halve_results, wait_for_loop=False),
+    KillPoint("a resume without config.json", random_moment, before=delete_config_json),
+]
+
+
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--kills", type=int, default=20)
@@ -122,41 +197,36 @@ def main() -> int:
   expected = outcome(root / "reference")
 
   workdir = root / "killed"
-  tried = inside_save = inside_append = finished_early = 0
+  tried, notes, finished_early = 0, collections.Counter(), 0
   started = time.monotonic()
   for kill in range(args.kills):
+    point = KILL_POINTS[kill % len(KILL_POINTS)]
+    if workdir.exists():
+      point.before(workdir)
     process, looping = start(config, workdir)
-    looping.wait(timeout=300)
-    size, names = results_size(workdir), checkpoint_names(workdir)
-    if kill % 3 == 0:
-      time.sleep(rng.uniform(0, 2))
-    elif kill % 3 == 1:
-      wait_until(lambda: saving(workdir), process)
-    else:
-      def appended():  # the checkpoints complete just before the append was seen
-        nonlocal names
-        names = checkpoint_names(workdir)
-        return results_size(workdir) > size
-      wait_until(appended, process)
+    if point.wait_for_loop:
+      looping.wait(timeout=300)
+    note = point.wait(workdir, process, rng)
     if process.poll() is not None:
       finished_early = args.kills - kill  # the sweep ended before this kill point
       break
     process.send_signal(signal.SIGKILL)
     process.wait()
     tried += 1
-    inside_save += saving(workdir)
-    completed_since = {n for n in checkpoint_names(workdir) - names if "tmp" not in n}
-    if kill % 3 == 2 and results_size(workdir) > size and not completed_since:
-      cut_last_line(workdir)
-    inside_append += torn(workdir)
+    notes[point.name] += 1
+    note = note() if callable(note) else note
+    if note:
+      notes[note] += 1
   final, _ = start(config, workdir)
   final.wait()
   same = outcome(workdir) == expected
-  print(f"kill points tried: {tried} (the sweep finished before {finished_early} more); "
-        f"landed inside a checkpoint save: {inside_save}; left a half-written results line: "
-        f"{inside_append}; {time.monotonic() - started:.0f} s")
-  print(f"results.jsonl and critical_n.csv equal the uninterrupted run's: {same}")
-  return 0 if same else 1
+  tidy = sorted(checkpoint_names(workdir))
+  print(f"kill points tried: {tried} (the sweep finished before {finished_early} more), "
+        f"{time.monotonic() - started:.0f} s; " + "; ".join(f"{name}: {count}"
+                                                            for name, count in notes.items()))
+  print(f"results.jsonl and critical_n.csv equal the uninterrupted run's: {same}; "
+        f"checkpoints left: {tidy}")
+  return 0 if same and len(tidy) == 2 and all(n.isdigit() for n in tidy) else 1
 
 
 if __name__ == "__main__":

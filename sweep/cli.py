@@ -101,7 +101,6 @@ def _sweep(config) -> Store | None:
   try:
     driver = driver_lib.Driver(config, store)
     lock = _hold_workdir(store, writer)
-    store.claim(config.to_dict())
     lost = lambda: lock is not None and lock.lost
     finished = driver.run(stop_requested=lambda: bool(stop) or lost(),
                           progress=print if writer else lambda _: None)

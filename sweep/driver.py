@@ -40,6 +40,8 @@ class DriverState:
   witnesses: dict[str, int] = dataclasses.field(default_factory=dict)  # key -> coordinate kept
   work: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(WORK_COUNTERS, 0))
   shapes: list[T.BucketShape] = dataclasses.field(default_factory=list)  # single-slot, in order of first use
+  # The results line of every configuration counted above, so a lost line can be rebuilt.
+  records: list[dict] = dataclasses.field(default_factory=list)
 
   def to_json(self) -> dict:
     return dict(
@@ -48,7 +50,7 @@ class DriverState:
         buckets=[b.to_json() for b in self.buckets],
         seed_outcomes=[[d, n, s] for (d, n), s in self.seed_outcomes.items()],
         chunk=self.chunk, certified=self.certified, witnesses=self.witnesses, work=self.work,
-        shapes=[dataclasses.asdict(shape) for shape in self.shapes])
+        shapes=[dataclasses.asdict(shape) for shape in self.shapes], records=self.records)
 
   @classmethod
   def from_json(cls, data: dict) -> "DriverState":
@@ -59,7 +61,8 @@ class DriverState:
         seed_outcomes={(d, n): list(s) for d, n, s in data["seed_outcomes"]},
         chunk=data["chunk"], certified={k: [list(p) for p in v] for k, v in data["certified"].items()},
         witnesses=data["witnesses"], work=data["work"],
-        shapes=[T.BucketShape(**shape) for shape in data["shapes"]])
+        shapes=[T.BucketShape(**shape) for shape in data["shapes"]],
+        records=data.get("records", []))  # a checkpoint of an older version has none
 
 
 # Slot-steps computed (every slot of a bucket, running or not), slot-steps of running
@@ -256,17 +259,15 @@ class Driver:
     s = self.state
     records = []
     for probe, outcome, (queries, documents), seconds in done:
-      config = self.configuration(probe)
-      table = config.relevance()
+      table = self.configuration(probe).relevance()
       certified, margin64 = construct.certify(outcome["success"], queries, documents, table)
-      record = dict(d=probe.d, n=probe.n, k=config.k, seed=probe.seed, protocol=self.config.protocol,
-                    loss=self.config.loss, optimizer=self.config.optimizer,
-                    learning_rate=config.learning_rate, temperature=config.temperature,
-                    num_queries=config.query_count, **outcome, certified=certified,
-                    margin64=margin64, wall_seconds=round(seconds, 3))
-      if store_lib.result_key(record) not in self.results:  # a replay after resume
-        self.results[store_lib.result_key(record)] = record
+      record = dict(self._made_by(probe), **outcome, certified=certified, margin64=margin64,
+                    wall_seconds=round(seconds, 3))
+      key = store_lib.result_key(record)
+      if key not in self.results:  # else a replay after resume: its line is written
+        self.results[key] = record
         records.append(record)
+      s.records.append(self.results[key])
       key, coordinate = self.sweep.locate(probe)
       if certified:
         self._certify(key, coordinate, margin64, probe, queries, documents, table)
@@ -276,6 +277,26 @@ class Driver:
         s.searches[key] = search.record(s.searches[key], coordinate, any(successes))
     self.store.append_results(records)
     self.sweep.write(self.store, s.searches, s.certified, self._nonfinite())
+
+  def _made_by(self, probe: Probe) -> dict:
+    """The fields of a probe's results line that say which configuration made it."""
+    config = self.configuration(probe)
+    return dict(d=probe.d, n=probe.n, k=config.k, seed=probe.seed, protocol=self.config.protocol,
+                loss=self.config.loss, optimizer=self.config.optimizer,
+                learning_rate=config.learning_rate, temperature=config.temperature,
+                num_queries=config.query_count)
+
+  def _refuse_foreign(self, records, source) -> None:
+    """Raise if a results line was not made by this config (a workdir whose config.json was
+    removed or edited, or results copied from another sweep)."""
+    for record in records:
+      made_by = self._made_by(Probe(record["d"], record["n"], record["seed"]))
+      differ = sorted(f for f, value in made_by.items() if record.get(f) != value)
+      if differ:
+        raise ValueError(
+            f"{source}: the line of d={record['d']}, n={record['n']}, seed={record['seed']} was "
+            f"made by another config: fields {', '.join(differ)} differ (use a new --workdir, "
+            f"or the same values)")
 
   def _nonfinite(self) -> frozenset[tuple[int, int]]:
     """(d, n) of every point with a restart that stopped as nonfinite (a NaN or inf loss, row
@@ -308,7 +329,8 @@ class Driver:
   def checkpoint(self) -> None:
     if self.device:  # the construction protocol trains nothing, so has nothing to resume
       states = {str(i): state for i, (_, state) in enumerate(self.device)}
-      self.store.save_checkpoint(self.state.chunk, states, self.state.to_json())
+      self.store.save_checkpoint(self.state.chunk, states,
+                                 dict(self.state.to_json(), config=self.config.to_dict()))
     self.store.write_stats(self.stats())
     self._last_checkpoint = time.monotonic()
 
@@ -336,11 +358,23 @@ class Driver:
 
   # -- the loop ---------------------------------------------------------------------------
 
+  def _start(self) -> bool:
+    """Take over the workdir's state, if it is this config's: its checkpoint, its results made
+    whole again against that checkpoint, then config.json. Nothing is written before every
+    check passed. True when a checkpoint was resumed."""
+    config = self.config.to_dict()
+    self.store.check_config(config)
+    resumed = self.restore()
+    self._refuse_foreign(self.store.read_results(), self.store.results_path)
+    self.results = self.store.reconcile_results(self.state.records)
+    self.store.claim(config)
+    return resumed
+
   def run(self, stop_requested: Callable[[], bool] = lambda: False,
           progress: Callable[[str], None] = logging.info) -> bool:
     """Run until every search is done (True) or a stop was requested (False)."""
-    self.results = self.store.load_results(repair=True)
-    if self.restore():
+    resumed = self._start()
+    if resumed:
       progress(f"resumed {self.store.workdir} at chunk {self.state.chunk}")
     hosts: dict[int, T.TrainState] = {}
     while True:

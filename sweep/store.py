@@ -7,7 +7,9 @@ as one object per batch under results/ on an object store (objects cannot be app
 and rewriting the whole file per batch would grow quadratically); readers merge either form.
 Tables and figures are replaced atomically; checkpoints are orbax's (the last two kept). Every
 JSON line is strict JSON: a non-finite float is written as null. A resumed sweep replays from
-its checkpoint, so a configuration already in the results is not written again.
+its checkpoint, so a configuration already in the results is not written again; each checkpoint
+also holds its config and every record it counted, so a results line lost since (a torn tail,
+a truncated or deleted file) is rebuilt from it, and another config is refused.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ RUN_ONLY_FIELDS = ("checkpoint_every_s", "label", "qrels")
 LOCK_NAME = "lock.json"
 LEASE_SECONDS = 120.0  # an object-store lease not renewed for this long is taken over
 RESTORE_TRIES = 3
+KEEP_CHECKPOINTS = 2
 # Status codes of errors that say the store, not the checkpoint, failed (tensorstore, gRPC).
 _TRANSIENT_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED",
                     "CANCELLED", "UNAUTHENTICATED", "PERMISSION_DENIED")
@@ -55,6 +58,12 @@ _TRANSIENT_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "A
 
 def result_key(record: dict) -> tuple:
   return tuple(record[field] for field in RESULT_KEY)
+
+
+def _first_of_each(records: list[dict]) -> list[dict]:
+  """`records` without repeats of a configuration, in order (the first one kept)."""
+  seen = set()
+  return [r for r in records if not (result_key(r) in seen or seen.add(result_key(r)))]
 
 
 def is_object_store(path) -> bool:
@@ -184,6 +193,8 @@ class WorkdirLocked(RuntimeError):
 
 
 def _holder_text(holder: dict) -> str:
+  if not holder:
+    return f"its {LOCK_NAME} was removed, so its holder is unknown"
   started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(holder.get("started", 0)))
   text = f"pid {holder.get('pid')} on {holder.get('host')}, started {started}"
   if holder.get("expires", 0) > time.time():  # a lease: taken over once it runs out
@@ -212,19 +223,21 @@ def _holder_gone(holder: dict, now: float) -> bool:
 class WorkdirLock:
   """One writer per workdir.
 
-  On a local disk, WORKDIR/lock.json is held with flock (the kernel drops the lock when its
-  process dies, so a lock left by a killed run is simply taken over) and names its holder. On
+  On a local disk the workdir directory itself is held with flock (the kernel drops the lock
+  when its process dies, so a lock left by a killed run is simply taken over, and a user
+  cannot delete a directory's lock by accident); WORKDIR/lock.json only names the holder. On
   an object store it is a lease object the holder renews every LEASE_SECONDS / 4; a lease not
-  renewed for LEASE_SECONDS, or held by a dead process on this host, is taken over. An object
-  store has no atomic create here, so two runs starting within a second of each other are
-  told apart by reading the lease back after writing it.
+  renewed for LEASE_SECONDS, or held by a dead process on this host, is taken over, and a
+  holder whose lease was deleted or taken over stops. An object store has no atomic create
+  here, so two runs starting within a second of each other are told apart by reading the
+  lease back after writing it.
   """
   path: epath.Path
   lease_seconds: float = LEASE_SECONDS
   lost: bool = False  # another run took the lease over: this one must stop writing
   _started: float = 0.0
   _token: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
-  _file: object = None
+  _directory: int | None = None  # the flocked descriptor of a local workdir
   _stop: threading.Event = dataclasses.field(default_factory=threading.Event)
   _renewer: threading.Thread | None = None
 
@@ -255,15 +268,14 @@ class WorkdirLock:
 
   def _acquire_file(self, previous: dict | None) -> None:
     self.path.parent.mkdir(parents=True, exist_ok=True)
-    self._file = open(self.path, "a+")
+    directory = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
-      fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      fcntl.flock(directory, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-      self._file.close()
+      os.close(directory)
       self._refuse(read_lock(self.path) or {})
-    self._file.truncate(0)
-    self._file.write(json.dumps(self._record(time.time())) + "\n")
-    self._file.flush()
+    self._directory = directory
+    write_text(self.path, json.dumps(self._record(time.time())) + "\n")
 
   def _acquire_lease(self, previous: dict | None) -> None:
     if previous and not _holder_gone(previous, time.time()):
@@ -281,8 +293,8 @@ class WorkdirLock:
       try:
         current = read_lock(self.path)
         if current is None or current.get("token") != self._token:
-          logging.error("the lease %s was taken over by %s; stopping", self.path,
-                        _holder_text(current or {}))
+          taker = "was deleted" if current is None else f"was taken over by {_holder_text(current)}"
+          logging.error("the lease %s %s; stopping", self.path, taker)
           self.lost = True
           return
         self.path.write_text(json.dumps(self._record(time.time())))
@@ -293,13 +305,12 @@ class WorkdirLock:
     if self._renewer is not None:
       self._stop.set()
       self._renewer.join()
-      current = read_lock(self.path)
-      if current and current.get("token") == self._token:
-        self.path.unlink()
-    if self._file is not None:
-      # Emptied, not removed: a run that opened the file just now must flock this same file.
-      self._file.truncate(0)
-      self._file.close()
+    current = read_lock(self.path)
+    if current and current.get("token") == self._token:
+      self.path.unlink()  # before the flock goes: the next holder writes its own
+    if self._directory is not None:
+      os.close(self._directory)
+      self._directory = None
 
 
 def read_lock(path) -> dict | None:
@@ -314,6 +325,28 @@ def read_lock(path) -> dict | None:
     return json.loads(text) if text.strip() else None
   except json.JSONDecodeError:
     return None  # a lease half-written by a killed run holds nothing
+
+
+# -- configs ----------------------------------------------------------------------------
+
+
+def _as_stored(config: dict) -> dict:
+  """The config as JSON holds it (tuples are lists there), for comparing."""
+  return json.loads(json.dumps(config))
+
+
+def _refuse_other_config(workdir, previous: dict, config: dict, source: str) -> None:
+  """Raise naming the fields (other than RUN_ONLY_FIELDS) where `previous` is not `config`."""
+  config = _as_stored(config)
+  differ = sorted(key for key in set(previous) | set(config)
+                  if key not in RUN_ONLY_FIELDS and previous.get(key) != config.get(key))
+  if differ:
+    values = "; ".join(f"{key} {previous.get(key)!r} in its {source}, {config.get(key)!r} in "
+                       f"this run" for key in differ)
+    qrels = f" (qrels {config['qrels']})" if "qrels_sha256" in differ else ""
+    raise ValueError(
+        f"{workdir} was made by another config: fields {', '.join(differ)} differ: "
+        f"{values}{qrels} (use a new --workdir, or the same values)")
 
 
 # -- checkpoints --------------------------------------------------------------------------
@@ -373,24 +406,21 @@ class Store:
 
   # -- config -----------------------------------------------------------------------------
 
-  def claim(self, config: dict) -> None:
-    """Write config.json, or check that the workdir was made by this same config."""
-    config = json.loads(json.dumps(config))  # compare as stored: tuples are lists there
+  def check_config(self, config: dict) -> None:
+    """Refuse a workdir whose config.json or any checkpoint was made by another config."""
     if self.config_path.exists():
-      previous = json.loads(self.config_path.read_text())["config"]
-      differ = sorted(key for key in set(previous) | set(config)
-                      if key not in RUN_ONLY_FIELDS and previous.get(key) != config.get(key))
-      if differ:
-        values = "; ".join(f"{key} {previous.get(key)!r} in config.json, {config.get(key)!r} "
-                           f"in this run" for key in differ)
-        source = f" (qrels {config['qrels']})" if "qrels_sha256" in differ else ""
-        raise ValueError(
-            f"{self.workdir} was made by another config: fields {', '.join(differ)} differ: "
-            f"{values}{source} (use a new --workdir, or the same values)")
+      _refuse_other_config(self.workdir, self.read_config(), config, "config.json")
+    for step, made_by in self.checkpoint_configs():
+      _refuse_other_config(self.workdir, made_by, config, f"checkpoint {step}")
+
+  def claim(self, config: dict) -> None:
+    """Check that the workdir was made by this same config, then write config.json."""
+    self.check_config(config)
     if not self.writer:
       return
     write_text(self.config_path, json.dumps(
-        {"config": config, "environment": environment()}, indent=2, sort_keys=True) + "\n")
+        {"config": _as_stored(config), "environment": environment()}, indent=2,
+        sort_keys=True) + "\n")
 
   def read_config(self) -> dict:
     if not self.config_path.exists():
@@ -426,19 +456,43 @@ class Store:
       return []
     return parse_records(self.results_path.read_text(), self.results_path, torn_tail_ok=True)
 
-  def load_results(self, repair: bool = False) -> dict[tuple, dict]:
-    """Finished configurations by (d, n, k, seed).
-
-    A torn last line (a kill mid-write) is skipped; the run that resumes (repair=True) also
-    cuts it from the file. Readers such as `sweep status` never write.
-    """
-    if repair and self.writer and not self.object_store and self.results_path.exists():
-      text = self.results_path.read_text()
-      complete, torn = text.rsplit("\n", 1) if "\n" in text else ("", text)
-      if torn:
-        logging.warning("dropping a partial last line of %s", self.results_path)
-        self.results_path.write_text(complete + "\n" if complete else "")
+  def load_results(self) -> dict[tuple, dict]:
+    """Finished configurations by (d, n, k, seed); a torn last line (a kill mid-write, or a
+    writer appending right now) is skipped. Reads only: `sweep status` runs beside a writer."""
     return {result_key(r): r for r in self.read_results()}
+
+  def reconcile_results(self, counted: list[dict]) -> dict[tuple, dict]:
+    """Make the results hold every record a checkpoint `counted`, once, then the lines
+    written after it, once; returns them by (d, n, k, seed).
+
+    Whatever a kill or a user removed (a torn tail, a truncated, deleted or thinned file) is
+    rebuilt from the checkpoint, and duplicate lines are dropped, saying so in one line. A
+    local results.jsonl is replaced at once (written beside and renamed); on an object store
+    the missing records go into one new part (repeated records are left there: readers key
+    records by configuration).
+    """
+    present = self.read_results()
+    records = _first_of_each(counted + present)
+    written = {result_key(r) for r in present}
+    missing = [r for r in records if result_key(r) not in written]
+    if not self.writer:
+      return {result_key(r): r for r in records}
+    repeats = len(present) - len(_first_of_each(present))
+    changes = [f"rebuilt {len(missing)} line(s) from the checkpoint"] if missing else []
+    if self.object_store:
+      self.append_results(missing)
+    else:
+      text = self.results_path.read_text() if self.results_path.exists() else ""
+      if text and not text.endswith("\n"):
+        changes.append("dropped a partial last line")
+      if repeats:
+        changes.append(f"dropped {repeats} repeated line(s)")
+      if changes:
+        write_text(self.results_path, "".join(strict_json(r) + "\n" for r in records))
+    if changes:
+      logging.warning("%s: %s", self.results_parts if self.object_store else self.results_path,
+                      "; ".join(changes))
+    return {result_key(r): r for r in records}
 
   def append_results(self, records: list[dict]) -> None:
     if not (records and self.writer):
@@ -521,18 +575,40 @@ class Store:
       directory = self.workdir / "checkpoints"
       self._checkpoints = ocp.CheckpointManager(
           directory if self.object_store else directory.resolve(),
-          options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False),
+          options=ocp.CheckpointManagerOptions(
+              max_to_keep=KEEP_CHECKPOINTS, enable_async_checkpointing=False,
+              cleanup_tmp_directories=self.writer),  # saves a kill cut short
           item_names=("train", "driver"))
     return self._checkpoints
 
   def save_checkpoint(self, step: int, train_state, driver_state: dict) -> None:
-    """Save at a chunk boundary; a step already saved holds this same state and is kept."""
-    if step in self.checkpoints.all_steps():
-      return
-    self.checkpoints.save(step, args=ocp.args.Composite(
-        train=ocp.args.StandardSave(train_state), driver=ocp.args.JsonSave(driver_state)),
-        force=True)
-    self.checkpoints.wait_until_finished()
+    """Save at a chunk boundary; a step already saved holds this same state and is kept.
+
+    Then only the newest KEEP_CHECKPOINTS stay: orbax deletes older ones after a save, so a
+    kill between the two, or a run that saved nothing new, would leave more for good.
+    """
+    if step not in self.checkpoints.all_steps():
+      self.checkpoints.save(step, args=ocp.args.Composite(
+          train=ocp.args.StandardSave(train_state), driver=ocp.args.JsonSave(driver_state)),
+          force=True)
+      self.checkpoints.wait_until_finished()
+    if self.writer:
+      for old in sorted(self.checkpoints.all_steps())[:-KEEP_CHECKPOINTS]:
+        self.checkpoints.delete(old)
+
+  def checkpoint_configs(self) -> list[tuple[int, dict]]:
+    """(step, config) of every checkpoint whose driver state names its config. One that
+    cannot be read is left to restore_checkpoint, which tells the store's errors apart."""
+    configs = []
+    for step in self.checkpoints.all_steps():
+      try:
+        driver = self.checkpoints.restore(step, args=ocp.args.Composite(
+            driver=ocp.args.JsonRestore()))["driver"]
+      except Exception:  # judged by restore_checkpoint, with retries
+        continue
+      if "config" in driver:
+        configs.append((step, driver["config"]))
+    return configs
 
   def _restore(self, step: int, abstract_train_state):
     driver = self.checkpoints.restore(step, args=ocp.args.Composite(

@@ -111,6 +111,8 @@ def test_sigkill_at_any_moment_then_resume_equals_uninterrupted(tmp_path):
   assert "resumed" in out
   assert "took over the lock of pid" in err  # the killed run's lock
   assert (results_without_timing(workdir), (workdir / "critical_n.csv").read_text()) == expected
+  checkpoints = [p.name for p in (workdir / "checkpoints").iterdir()]
+  assert len(checkpoints) == 2 and all(name.isdigit() for name in checkpoints)
 
 
 def test_sigterm_prints_a_resume_command_that_runs(tmp_path):
@@ -125,12 +127,15 @@ def test_sigterm_prints_a_resume_command_that_runs(tmp_path):
   assert (results_without_timing(workdir), (workdir / "critical_n.csv").read_text()) == expected
 
 
-def test_a_second_run_on_a_busy_workdir_is_refused_naming_the_holder(tmp_path):
+@pytest.mark.parametrize("lock_deleted", [False, True])
+def test_a_second_run_on_a_busy_workdir_is_refused_naming_the_holder(tmp_path, lock_deleted):
   config_file = write_config_file(tmp_path / "tiny.py")
   workdir = tmp_path / "w"
   first = sweep("run", f"--config={config_file}", f"--workdir={workdir}")
   wait_for(lambda: (workdir / "results.jsonl").exists(), first)
   first.send_signal(signal.SIGSTOP)  # paused mid-run, so it surely holds the lock meanwhile
+  if lock_deleted:  # the lock is the workdir's own: lock.json only names its holder
+    (workdir / "lock.json").unlink()
   second = sweep("run", f"--config={config_file}", f"--workdir={workdir}")
   _, err = second.communicate(timeout=120)
   status = sweep("status", f"--workdir={workdir}")
@@ -141,9 +146,12 @@ def test_a_second_run_on_a_busy_workdir_is_refused_naming_the_holder(tmp_path):
   assert first.returncode == 0, first_err
   assert second.returncode != 0
   assert err.strip().splitlines() == [err.strip()] and err.startswith("error: ")
-  assert f"in use by another run (pid {first.pid} on " in err
   assert status.returncode == 0, status_err
-  assert f"locked by pid {first.pid}" in status_out
+  if not lock_deleted:
+    assert f"in use by another run (pid {first.pid} on " in err
+    assert f"locked by pid {first.pid}" in status_out
+  else:
+    assert "in use by another run (its lock.json was removed" in err
   keys = [(r["d"], r["n"], r["seed"]) for r in strict_records(workdir)]
   assert len(keys) == len(set(keys))
 

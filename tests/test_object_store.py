@@ -85,3 +85,13 @@ def test_the_holder_renews_its_lease_and_stops_when_it_is_taken(gcs_bucket):
   assert lock.lost
   lock.release()
   assert store_lib.read_lock(path)["token"] == "theirs"  # the new holder's lease stays
+
+
+def test_the_holder_stops_when_its_lease_is_deleted(gcs_bucket):
+  path = epath.Path(f"{gcs_bucket}/deleted-{uuid.uuid4().hex[:8]}/lock.json")
+  lock = store_lib.WorkdirLock(path, lease_seconds=1.0)
+  lock.acquire()
+  path.unlink()  # by hand, or by a cleanup: a second run could take the workdir now
+  time.sleep(0.6)
+  assert lock.lost
+  lock.release()
