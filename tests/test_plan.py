@@ -53,12 +53,13 @@ def test_calibration_takes_mean_stop_steps_per_outcome_and_dimension():
     plan.calibrate([], "runs/empty")
 
 
-@pytest.mark.parametrize("name, chips", [("tpu-v5e-8", 8), ("tpu-v4", 1), ("h100-2", 2)])
+@pytest.mark.parametrize("name, chips", [("tpu-v5e-8", 8), ("tpu-v4", 4), ("tpu-v6e", 1),
+                                         ("h100-2", 2), ("h200", 1)])
 def test_device_names_take_a_chip_count(name, chips):
-  assert plan.device_named(name).chips == chips
+  assert plan.device_named(name).chips == chips  # a TPU's default: its smallest slice
 
 
-@pytest.mark.parametrize("name", ["tpu-v9", "h100-0", ""])
+@pytest.mark.parametrize("name", ["tpu-v9", "h100-0", "", "tpu-v5e-2", "tpu-v4-1"])
 def test_unknown_devices_are_refused_by_name(name):
   with pytest.raises(ValueError, match="device="):
     plan.device_named(name)
