@@ -86,22 +86,38 @@ def resume_command() -> str:
   return shlex.join(program + _command_line[1:])
 
 
+def _release(store: Store, lock: store_lib.WorkdirLock | None) -> Exception | None:
+  """Close the checkpoints and release the lock, each tried; the first error, if any."""
+  errors = []
+  for cleanup in (store.close, lock.release if lock is not None else lambda: None):
+    try:
+      cleanup()
+    except Exception as error:  # reported in one line by the caller
+      errors.append(error)
+  return errors[0] if errors else None
+
+
 def _sweep(config) -> Store | None:
-  """Run (or resume) the sweep of `config` in --workdir; None if a signal stopped it."""
+  """Run (or resume) the sweep of `config` in --workdir; None if a signal stopped it.
+
+  Any error of the run or of its cleanup ends in one `error:` line; the run's own error wins
+  over one its cleanup raised after it.
+  """
   logging.set_verbosity(logging.WARNING)  # progress lines are printed; library chatter is not
   writer = _start_processes()
   stop = []
   for signum in (signal.SIGTERM, signal.SIGINT):
     signal.signal(signum, lambda signum, frame: stop.append(signum))
-  store = Store(FLAGS.workdir, writer=writer)
+  store = Store(FLAGS.workdir, writer=writer, deadline_s=config.store_deadline_s,
+                stop_requested=lambda: bool(stop))
   compilation.enable_cache()
   compiles = compilation.count()
-  lock = None
+  lock, failure, finished = None, None, False
+  lost = lambda: lock is not None and lock.lost
   try:
     driver = driver_lib.Driver(config, store)
     lock = _hold_workdir(store, writer)
     store.claim(config.to_dict())
-    lost = lambda: lock is not None and lock.lost
     finished = driver.run(stop_requested=lambda: bool(stop) or lost(),
                           progress=print if writer else lambda _: None)
     if writer and finished and config.protocol != "construction":
@@ -109,14 +125,20 @@ def _sweep(config) -> Store | None:
       print(f"slot occupancy {stats['slot_occupancy']:.0%} (slot-steps of running configurations "
             f"/ slot-steps computed), padding efficiency {stats['padding_efficiency']:.0%} (real / "
             f"padded cells of those steps); {compiles.summary()}")
+  except store_lib.StopRequested as error:  # raised only once a signal came
+    if writer:
+      print(f"stopped by signal {stop[0]} while {error} (nothing was moved or deleted); resume "
+            f"with the same command: {resume_command()}")
+    failure = error
   except OSError as error:  # e.g. an object store that cannot be reached
-    _fail(OSError(f"workdir {FLAGS.workdir}: {error}"))
+    failure = OSError(f"workdir {FLAGS.workdir}: {error}")
   except (ValueError, store_lib.CheckpointUnreadable) as error:
-    _fail(error)
-  finally:
-    store.close()
-    if lock is not None:
-      lock.release()
+    failure = error
+  cleanup_error = _release(store, lock)
+  if isinstance(failure, store_lib.StopRequested):
+    return None
+  if failure is not None or cleanup_error is not None:
+    _fail(failure or OSError(f"workdir {FLAGS.workdir}: while closing: {cleanup_error}"))
   if not finished:
     if lost():
       _fail(RuntimeError(f"another run took over {store.workdir}; this one stopped after a "

@@ -12,9 +12,11 @@ its checkpoint, so a configuration already in the results is not written again.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import fcntl
+import gc
 import importlib.metadata
 import io
 import json
@@ -27,6 +29,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -41,10 +44,15 @@ _INT_COLUMNS = ("d", "k", "critical_n", "max_success_n", "lo", "hi", "critical_n
 RESULT_KEY = ("d", "n", "k", "seed")
 _OBJECT_STORES = ("gs://", "s3://")
 # Fields that change how a sweep runs but not what it finds; a resumed run may change them.
-RUN_ONLY_FIELDS = ("checkpoint_every_s", "label")
+RUN_ONLY_FIELDS = ("checkpoint_every_s", "label", "store_deadline_s")
 LOCK_NAME = "lock.json"
 LEASE_SECONDS = 120.0  # an object-store lease not renewed for this long is taken over
 RESTORE_TRIES = 3
+STORE_DEADLINE_S = 300.0  # one checkpoint read, write or listing; a store silent longer is gone
+# Loggers of the libraries behind a checkpoint call: one failing read logs a traceback per
+# array (asyncio's "Task exception was never retrieved", orbax's errors); the store says what
+# happened in one line instead.
+_CHECKPOINT_LOGGERS = ("absl", "asyncio", "orbax", "tensorstore", "jax")
 # Status codes of errors that say the store, not the checkpoint, failed (tensorstore, gRPC).
 _TRANSIENT_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED",
                     "CANCELLED", "UNAUTHENTICATED", "PERMISSION_DENIED")
@@ -332,6 +340,60 @@ class CheckpointUnreadable(RuntimeError):
   """A checkpoint could not be read for a reason other than its own bytes."""
 
 
+class StoreUnreachable(OSError):
+  """A store call ran past its deadline (an OSError: the store failed, not the data)."""
+
+
+class StopRequested(RuntimeError):
+  """A signal asked the run to stop while a store call was waiting; nothing was changed."""
+
+
+@contextlib.contextmanager
+def _quiet_libraries():
+  """Only CRITICAL from the checkpoint libraries' loggers while a checkpoint call runs; the
+  tasks it left failed are collected (and their noise dropped) before the levels return."""
+  loggers = [logging.getLogger(name) for name in _CHECKPOINT_LOGGERS]
+  levels = [logger.level for logger in loggers]
+  for logger in loggers:
+    logger.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    gc.collect()
+    for logger, level in zip(loggers, levels):
+      logger.setLevel(level)
+
+
+def bounded(call: Callable[[], object], what: str, deadline_s: float,
+            stop_requested: Callable[[], bool] = lambda: False):
+  """call()'s result, computed in a worker thread while this one keeps answering signals.
+
+  Raises StoreUnreachable once `deadline_s` passes and StopRequested as soon as
+  `stop_requested()`; the call is then left blocked where it is (inside a library retrying a
+  store that is gone, say), in a daemon thread that never keeps the process alive.
+  """
+  outcome: dict = {}
+
+  def work():
+    try:
+      outcome["value"] = call()
+    except BaseException as error:  # handed to the waiting thread, which raises it
+      outcome["error"] = error
+
+  worker = threading.Thread(target=work, name=what, daemon=True)
+  worker.start()
+  deadline = time.monotonic() + deadline_s
+  while worker.is_alive():
+    if stop_requested():
+      raise StopRequested(what)
+    if time.monotonic() >= deadline:
+      raise StoreUnreachable(f"{what}: no answer within {deadline_s:g} s")
+    worker.join(0.1)
+  if "error" in outcome:
+    raise outcome["error"]
+  return outcome["value"]
+
+
 class Store:
   """One sweep's workdir (a local path or any epath, e.g. gs://).
 
@@ -339,9 +401,12 @@ class Store:
   (process 0) writes results, tables, witnesses and config.json, and holds the lock.
   """
 
-  def __init__(self, workdir: str, writer: bool = True):
+  def __init__(self, workdir: str, writer: bool = True, deadline_s: float = STORE_DEADLINE_S,
+               stop_requested: Callable[[], bool] = lambda: False):
     self.workdir = epath.Path(workdir)
     self.writer = writer
+    self.deadline_s = deadline_s  # for each checkpoint call
+    self.stop_requested = stop_requested  # a signal came: stop waiting on the store
     self.object_store = is_object_store(workdir)
     self.results_path = self.workdir / "results.jsonl"
     self.results_parts = self.workdir / "results"
@@ -519,14 +584,21 @@ class Store:
           item_names=("train", "driver"))
     return self._checkpoints
 
+  def _checkpoint_call(self, call: Callable[[], object], what: str):
+    """A call into orbax, bounded by the deadline and the stop signal, its libraries quiet."""
+    with _quiet_libraries():
+      return bounded(call, f"{what} in {self.workdir}", self.deadline_s, self.stop_requested)
+
   def save_checkpoint(self, step: int, train_state, driver_state: dict) -> None:
     """Save at a chunk boundary; a step already saved holds this same state and is kept."""
-    if step in self.checkpoints.all_steps():
-      return
-    self.checkpoints.save(step, args=ocp.args.Composite(
-        train=ocp.args.StandardSave(train_state), driver=ocp.args.JsonSave(driver_state)),
-        force=True)
-    self.checkpoints.wait_until_finished()
+    def save():
+      if step in self.checkpoints.all_steps():
+        return
+      self.checkpoints.save(step, args=ocp.args.Composite(
+          train=ocp.args.StandardSave(train_state), driver=ocp.args.JsonSave(driver_state)),
+          force=True)
+      self.checkpoints.wait_until_finished()
+    self._checkpoint_call(save, f"saving checkpoint {step}")
 
   def _restore(self, step: int, abstract_train_state):
     driver = self.checkpoints.restore(step, args=ocp.args.Composite(
@@ -535,41 +607,63 @@ class Store:
         train=ocp.args.StandardRestore(abstract_train_state(driver))))["train"]
     return step, train, driver
 
+  def _pause(self, seconds: float) -> None:
+    """Sleep between tries, but stop at once when a signal asks to."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+      if self.stop_requested():
+        raise StopRequested("waiting to retry a checkpoint")
+      time.sleep(min(0.1, seconds))
+
   def restore_checkpoint(self, abstract_train_state, retry_seconds: float = 1.0):
     """(step, train_state, driver_state) of the newest readable checkpoint, or None.
 
     `abstract_train_state(driver_state)` gives the target structure (and sharding) for the
     train state, which depends on the bucket recorded in the driver state. Nothing good is
-    ever deleted: an error of the store (network, quota) is retried RESTORE_TRIES times and
-    then raised as CheckpointUnreadable; only a checkpoint whose own bytes fail every try is
-    proven corrupt, moved aside to WORKDIR/checkpoint-STEP.corrupt, and the previous one used.
+    ever deleted: an error of the store (network, quota, no answer within the deadline) is
+    retried RESTORE_TRIES times and then raised as CheckpointUnreadable; only a checkpoint
+    whose own bytes fail every try is proven corrupt, moved aside to
+    WORKDIR/checkpoint-STEP.corrupt, and the previous one used. A stop signal raises
+    StopRequested at once, with nothing moved.
     """
-    for step in sorted(self.checkpoints.all_steps(), reverse=True):
+    steps = self._checkpoint_call(self.checkpoints.all_steps, "listing the checkpoints")
+    set_aside = []
+    for step in sorted(steps, reverse=True):
       for attempt in range(RESTORE_TRIES):
         try:
-          return self._restore(step, abstract_train_state)
+          return self._checkpoint_call(lambda: self._restore(step, abstract_train_state),
+                                       f"reading checkpoint {step}")
+        except StopRequested:
+          raise
         except Exception as error:  # classified below: transient, or this checkpoint's bytes
           last = error
           if attempt + 1 < RESTORE_TRIES:
-            time.sleep(retry_seconds * 2**attempt)
+            self._pause(retry_seconds * 2**attempt)
       if _is_transient(last):
         raise CheckpointUnreadable(
             f"checkpoint {step} in {self.workdir} could not be read after {RESTORE_TRIES} tries "
             f"({_first_line(last)}); nothing was moved or deleted, rerun when the store is "
             f"reachable") from last
       if self.writer:
-        self._set_aside(step, last)
+        set_aside.append(self._set_aside(step, last))
+    if set_aside:
+      logging.warning("every checkpoint of %s was unreadable; set aside as %s; starting the "
+                      "sweep over (the results already written are kept)",
+                      self.workdir, ", ".join(str(path) for path in set_aside))
     return None
 
-  def _set_aside(self, step: int, error: Exception) -> None:
+  def _set_aside(self, step: int, error: Exception) -> epath.Path:
     aside = self.workdir / f"checkpoint-{step}.corrupt"
     if aside.exists():
       aside = self.workdir / f"checkpoint-{step}.corrupt-{int(time.time())}"
     logging.warning("checkpoint %d in %s is corrupt (%s); moved to %s, trying the previous one",
                     step, self.workdir, _first_line(error), aside)
     (self.workdir / "checkpoints" / str(step)).rename(aside)
-    self.checkpoints.reload()
+    self._checkpoint_call(self.checkpoints.reload, "listing the checkpoints")
+    return aside
 
   def close(self) -> None:
     if self._checkpoints is not None:
-      self._checkpoints.close()
+      with _quiet_libraries():  # also after a stop signal: closing is part of stopping
+        bounded(self._checkpoints.close, f"closing the checkpoints in {self.workdir}",
+                self.deadline_s)
