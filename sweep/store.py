@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 
 import jax
@@ -348,10 +349,25 @@ class StopRequested(RuntimeError):
   """A signal asked the run to stop while a store call was waiting; nothing was changed."""
 
 
+def _drop_closed_loop_callbacks(default_hook):
+  """An unraisable hook that drops tensorstore completing a read for an asyncio loop orbax
+  already closed (one failed read ends a restore while the others are in flight; each prints
+  a traceback, seconds later), and passes everything else on."""
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      default_hook(unraisable)
+  hook.drops_closed_loop_callbacks = True
+  return hook
+
+
 @contextlib.contextmanager
 def _quiet_libraries():
   """Only CRITICAL from the checkpoint libraries' loggers while a checkpoint call runs; the
-  tasks it left failed are collected (and their noise dropped) before the levels return."""
+  tasks and coroutines a failed call left are collected (their noise dropped) before the
+  levels return. Closed-loop callbacks come later, so their filter stays once installed."""
+  if not getattr(sys.unraisablehook, "drops_closed_loop_callbacks", False):
+    sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
   loggers = [logging.getLogger(name) for name in _CHECKPOINT_LOGGERS]
   levels = [logger.level for logger in loggers]
   for logger in loggers:
@@ -359,7 +375,9 @@ def _quiet_libraries():
   try:
     yield
   finally:
-    gc.collect()
+    with warnings.catch_warnings():  # the coroutines a failed read left never awaited
+      warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
+      gc.collect()
     for logger, level in zip(loggers, levels):
       logger.setLevel(level)
 
