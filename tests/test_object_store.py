@@ -3,6 +3,7 @@ and plot through the store, results as one object per batch, and the lease that 
 workdir."""
 
 import json
+import os
 import signal
 import socket
 import time
@@ -11,9 +12,10 @@ import uuid
 import pytest
 from etils import epath
 
+from sweep import driver as driver_lib
 from sweep import store as store_lib
 from sweep.store import Store
-from test_driver import sweep, uninterrupted, wait_for, write_config_file
+from test_driver import sweep, tiny_config, uninterrupted, wait_for, write_config_file
 
 
 def without_timing(records):
@@ -85,3 +87,42 @@ def test_the_holder_renews_its_lease_and_stops_when_it_is_taken(gcs_bucket):
   assert lock.lost
   lock.release()
   assert store_lib.read_lock(path)["token"] == "theirs"  # the new holder's lease stays
+
+
+def closed_port_url() -> str:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return f"http://127.0.0.1:{s.getsockname()[1]}"  # closed once the socket is
+
+
+def test_a_store_that_stops_answering_at_resume_ends_in_one_line(tmp_path, gcs_bucket):
+  """Checkpoints written, then tensorstore pointed at a closed port: each read try ends at the
+  deadline, three tries end in one line; a SIGTERM stops the wait at once. Nothing moves."""
+  workdir = f"{gcs_bucket}/unreachable-{uuid.uuid4().hex[:8]}"
+  store = Store(workdir)
+  assert driver_lib.Driver(tiny_config(dims=(2,), restarts=1), store).run(progress=lambda _: None)
+  store.close()
+  steps = Store(workdir).checkpoints.all_steps()
+  config_file = write_config_file(tmp_path / "tiny.py", dims=(2,), restarts=1)
+  args = ["run", f"--config={config_file}", f"--workdir={workdir}"]
+  env = {**os.environ, "TENSORSTORE_GCS_HTTP_URL": closed_port_url()}
+
+  started = time.monotonic()
+  unreachable = sweep(*args, "--config.store_deadline_s=2", env=env)
+  out, err = unreachable.communicate(timeout=240)
+  assert unreachable.returncode != 0 and "Traceback" not in err
+  assert err.strip().splitlines()[-1] == (
+      f"error: checkpoint {max(steps)} in {workdir} could not be read after 3 tries "
+      f"(StoreUnreachable: reading checkpoint {max(steps)} in {workdir}: no answer within 2 s); "
+      f"nothing was moved or deleted, rerun when the store is reachable")
+  assert time.monotonic() - started < 200
+
+  waiting = sweep(*args, env=env)  # the default deadline: minutes
+  wait_for(lambda: store_lib.read_lock(store.lock_path) is not None, waiting, timeout=120)
+  time.sleep(3)  # past the lock and config.json, into the checkpoint read
+  waiting.send_signal(signal.SIGTERM)
+  out, err = waiting.communicate(timeout=30)
+  assert "Traceback" not in err
+  assert f"stopped by signal 15 while reading checkpoint {max(steps)} in {workdir}" in out
+  assert Store(workdir).checkpoints.all_steps() == steps
+  assert not list(epath.Path(workdir).glob("checkpoint-*.corrupt"))
