@@ -322,3 +322,29 @@ def test_fit_qrels_rejects_a_bad_file_in_one_line(tmp_path):
   _, err = process.communicate(timeout=60)
   assert process.returncode != 0
   assert len(err.strip().splitlines()) == 1 and "empty.jsonl" in err
+
+
+def garble(folder):
+  """Flip bits through every array file and manifest of a checkpoint: its own bytes are bad."""
+  for path in folder.rglob("*"):
+    if path.is_file() and (path.name.endswith(".ocdbt") or path.parent.name == "d"):
+      data = bytearray(path.read_bytes())
+      data[8::7] = bytes(b ^ 0x5A for b in data[8::7])
+      path.write_bytes(bytes(data))
+
+
+def test_every_checkpoint_corrupt_is_one_line_each_and_the_sweep_starts_over(tmp_path):
+  workdir = tmp_path / "w"
+  uninterrupted(workdir, dims=(2,), restarts=1)
+  steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir())
+  for step in steps:
+    garble(workdir / "checkpoints" / str(step) / "train")
+  config_file = write_config_file(tmp_path / "tiny.py", dims=(2,), restarts=1)
+  process = sweep("run", f"--config={config_file}", f"--workdir={workdir}")
+  out, err = process.communicate(timeout=300)
+  assert process.returncode == 0, err
+  lines = err.strip().splitlines()
+  assert len(lines) <= len(steps) + 2, err  # one per checkpoint, one to say so
+  assert f"every checkpoint of {workdir} was unreadable; set aside as" in lines[-1]
+  assert "starting the sweep over" in lines[-1] and "resumed" not in out
+  assert all((workdir / f"checkpoint-{step}.corrupt" / "train").is_dir() for step in steps)
