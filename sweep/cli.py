@@ -288,6 +288,41 @@ def plan(argv) -> None:
   print(json.dumps(report, indent=2) if FLAGS.json else plan_lib.format_plan(report))
 
 
+def _unknown_overrides(argv: list[str]) -> list[str]:
+  """--config.FIELD overrides of fields no sweep config has."""
+  fields = config_lib.default_config()
+  return sorted({a[len("--config."):].split("=")[0].split(".")[0] for a in argv
+                 if a.startswith("--config.")} - set(fields))
+
+
+def _load_error(error: BaseException) -> str:
+  """The root cause of a config file's loading error in one line (ml_collections wraps a
+  missing file in two errors, the reason on the last line)."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return f"{type(error).__name__}: {lines[-1] if lines else ''}"
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with the config file loaded here: a file that is missing, does not
+  compile, has no get_config or whose get_config raises, and an override of a field no
+  config has, each end in one line naming it."""
+  unknown = _unknown_overrides(argv)
+  if unknown:
+    sys.exit(f"error: --config.{unknown[0]}: config has unknown fields {unknown}: allowed are "
+             f"{sorted(config_lib.default_config())}")
+  try:
+    rest = app.parse_flags_with_usage(argv)  # loads the config file
+    if "config" in FLAGS:
+      FLAGS.config.keys()  # ml_collections defers some loading errors to the first use
+  except Exception as error:  # anything the config file raised: it, not this, is at fault
+    files = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    name = files[-1] if files else FLAGS["config"].default
+    sys.exit(f"error: --config={name}: cannot load: {_load_error(error)}")
+  return rest
+
+
 COMMANDS = {"run": run, "fit-qrels": fit_qrels, "status": status, "verify": verify,
             "geometry": geometry_table, "plan": plan}
 
@@ -322,7 +357,7 @@ def run_main() -> None:
     flags.DEFINE_string("calibrate", None, "A finished workdir whose results.jsonl sets the "
                         "steps each probe trains.")
     flags.DEFINE_bool("json", False, "Print the plan as JSON.")
-    app.run(plan)
+    app.run(plan, flags_parser=_parse_flags)
     return
   flags.DEFINE_string("workdir", None, "The sweep's directory (results, checkpoints, figure).",
                       required=True)
@@ -344,7 +379,7 @@ def run_main() -> None:
     else:
       flags.DEFINE_string("qrels", None, "Relevance: qrels.jsonl, a BEIR .tsv, or an .npz "
                           "boolean matrix.", required=True)
-  app.run(COMMANDS[command])
+  app.run(COMMANDS[command], flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

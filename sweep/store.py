@@ -333,7 +333,7 @@ def _is_transient(error: Exception) -> bool:
   return any(code in str(error) for code in _TRANSIENT_CODES)
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: Exception) -> str:
   return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
 
@@ -660,7 +660,7 @@ class Store:
       if _is_transient(last):
         raise CheckpointUnreadable(
             f"checkpoint {step} in {self.workdir} could not be read after {RESTORE_TRIES} tries "
-            f"({_first_line(last)}); nothing was moved or deleted, rerun when the store is "
+            f"({first_line(last)}); nothing was moved or deleted, rerun when the store is "
             f"reachable") from last
       if self.writer:
         set_aside.append(self._set_aside(step, last))
@@ -675,7 +675,7 @@ class Store:
     if aside.exists():
       aside = self.workdir / f"checkpoint-{step}.corrupt-{int(time.time())}"
     logging.warning("checkpoint %d in %s is corrupt (%s); moved to %s, trying the previous one",
-                    step, self.workdir, _first_line(error), aside)
+                    step, self.workdir, first_line(error), aside)
     (self.workdir / "checkpoints" / str(step)).rename(aside)
     self._checkpoint_call(self.checkpoints.reload, "listing the checkpoints")
     return aside

@@ -348,3 +348,27 @@ def test_every_checkpoint_corrupt_is_one_line_each_and_the_sweep_starts_over(tmp
   assert f"every checkpoint of {workdir} was unreadable; set aside as" in lines[-1]
   assert "starting the sweep over" in lines[-1] and "resumed" not in out
   assert all((workdir / f"checkpoint-{step}.corrupt" / "train").is_dir() for step in steps)
+
+
+@pytest.mark.parametrize("body, flag, reason", [
+    (None, "", "OSError: [Errno 2] No such file or directory"),
+    ("def get_config(:\n", "", "SyntaxError: invalid syntax"),
+    ("x = 1\n", "", "AttributeError: module 'config_config' has no attribute 'get_config'"),
+    ("def get_config():\n  raise RuntimeError('no config today')\n", "",
+     "RuntimeError: no config today"),
+    ("from sweep.config import get_config\n", "--config.nosuchfield=3", None)])
+def test_a_config_that_cannot_load_is_one_line_naming_it(tmp_path, body, flag, reason):
+  config_file = tmp_path / "c.py"
+  if body is not None:
+    config_file.write_text(body)
+  process = sweep("run", f"--config={config_file}", f"--workdir={tmp_path / 'w'}",
+                  *([flag] if flag else []))
+  _, err = process.communicate(timeout=60)
+  assert process.returncode != 0
+  [line] = err.strip().splitlines()
+  if reason is None:
+    assert line.startswith("error: --config.nosuchfield: config has unknown fields "
+                           "['nosuchfield']: allowed are ['bucket_slots',")
+  else:
+    assert line.startswith(f"error: --config={config_file}: cannot load: {reason}")
+  assert not (tmp_path / "w").exists()
