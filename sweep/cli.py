@@ -28,7 +28,7 @@ USAGE = """usage: sweep COMMAND [flags]
   sweep status --workdir=DIR [--json]
   sweep verify WITNESS.npz
   sweep geometry --k=K --dims=D1,D2,... [--n_unbounded=32] [--lp_max_subsets=2000]
-  sweep plot --workdir=DIR [--workdir=DIR2 ...] [--degree=3] [--d_min=4] [--out=PATH] [--log]
+  sweep plot --workdir=DIR [--workdir=DIR2 ...] [--degree=3] [--d_min=4] [--out=critical_n] [--log]
   sweep plan --config=FILE [--device=NAME] [--calibrate=WORKDIR] [--json]"""
 
 FLAGS = flags.FLAGS
@@ -39,10 +39,11 @@ def _fail(error: Exception) -> None:
   sys.exit(f"error: {' '.join(str(error).split())}")
 
 
-def _draw_figure(workdir: str) -> None:
+def _draw_figure(store: Store) -> None:
+  """The run's figure and fit, in its own workdir (the run is that workdir's writer)."""
   from plots import critical_n  # matplotlib only where a figure is drawn
   try:
-    critical_n.report([workdir])
+    critical_n.report([str(store.workdir)], store.workdir / critical_n.DEFAULT_OUT)
   except (ValueError, OSError) as error:
     print(f"no figure yet: {error}")
 
@@ -165,7 +166,7 @@ def run(argv) -> None:
     print(f"d={r['d']}: critical n = {critical} (largest success {r['max_success_n'] or '-'}, "
           f"certified {r['critical_n_certified'] or '-'}, probes {r['probes']}); "
           f"geometry: {r['geometric_critical_n']}")
-  _draw_figure(FLAGS.workdir)
+  _draw_figure(store)
 
 
 def fit_qrels(argv) -> None:

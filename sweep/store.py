@@ -43,6 +43,10 @@ CRITICAL_N_COLUMNS = ("d", "k", "critical_n", "max_success_n", "lo", "hi", "done
 _REQUIRED_COLUMNS = ("d", "k", "critical_n", "max_success_n", "lo", "hi", "done", "probes")
 _INT_COLUMNS = ("d", "k", "critical_n", "max_success_n", "lo", "hi", "critical_n_certified")
 RESULT_KEY = ("d", "n", "k", "seed")
+# The fields of a result record that resuming, status, plan and plot read, and their types.
+RECORD_FIELDS = {"d": int, "n": int, "k": int, "seed": int, "success": bool,
+                 "stop_reason": str, "stop_step": int}
+_RECORD_SHAPE = ", ".join(f"{field} ({kind.__name__})" for field, kind in RECORD_FIELDS.items())
 _OBJECT_STORES = ("gs://", "s3://")
 # Fields that change how a sweep runs but not what it finds; a resumed run may change them.
 RUN_ONLY_FIELDS = ("checkpoint_every_s", "label", "store_deadline_s")
@@ -128,11 +132,25 @@ def parse_records(text: str, source, torn_tail_ok: bool) -> list[dict]:
       if number == len(lines) and torn_tail_ok:
         continue
       raise ValueError(f"{source}: line {number}: invalid JSON: {error}") from None
-    if not isinstance(record, dict) or any(key not in record for key in RESULT_KEY):
-      raise ValueError(f"{source}: line {number}: expected an object with "
-                       f"{', '.join(RESULT_KEY)}")
+    problem = _record_problem(record)
+    if problem:
+      raise ValueError(f"{source}: line {number}: {problem}; a result record has "
+                       f"{_RECORD_SHAPE}")
     records.append(record)
   return records
+
+
+def _record_problem(record) -> str | None:
+  """What keeps a parsed JSON line from being a result record, or None."""
+  if not isinstance(record, dict):
+    return f"a JSON {type(record).__name__}, not an object"
+  for field, kind in RECORD_FIELDS.items():
+    if field not in record:
+      return f"field {field!r} is missing"
+    value = record[field]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+      return f"field {field!r} is {json.dumps(value)}, not a {kind.__name__}"
+  return None
 
 
 def _typed_cell(source, line: int, column: str, text: str):

@@ -50,11 +50,12 @@ def test_a_gs_sweep_killed_and_resumed_equals_a_local_run(tmp_path, gcs_bucket):
   status_out, err = status.communicate(timeout=120)
   assert status.returncode == 0, err
   assert json.loads(status_out)["configurations_finished"] == len(expected_results)
-  plot = sweep("plot", f"--workdir={workdir}", "--degree=1", "--d_min=2")
+  plot = sweep("plot", f"--workdir={workdir}", "--degree=1", "--d_min=2",
+               f"--out={workdir}-figure/critical_n")
   plot_out, err = plot.communicate(timeout=120)
   assert plot.returncode == 0, err
-  for name in ("fit.json", "critical_n.png", "critical_n.pdf"):
-    assert epath.Path(f"{workdir}/{name}").stat().length > 0, name
+  for name in ("critical_n.fit.json", "critical_n.png", "critical_n.pdf"):
+    assert epath.Path(f"{workdir}-figure/{name}").stat().length > 0, name
 
 
 def lease(path, host, expires_in):
