@@ -203,9 +203,16 @@ def status(argv) -> None:
       print(json.dumps({"configurations_finished": finished, "lock": holder, **report},
                        indent=2))
       return
-    rows = store.read_critical_n()
+    started = holder is not None or store.config_path.exists()
+    rows = store.read_critical_n() if store.critical_n_path.exists() or not started else None
   except (ValueError, OSError) as error:
     _fail(error)
+  if rows is None:  # the first seconds of a run: locked, or config.json written, no table yet
+    who = f" by pid {holder['pid']} on {holder['host']}" if holder else ""
+    print(json.dumps({"configurations_finished": finished, "lock": holder, "searches": []},
+                     indent=2) if FLAGS.json else
+          f"{store.workdir}: a run has started{who}; no results yet")
+    return
   if FLAGS.json:
     print(json.dumps({"configurations_finished": finished, "lock": holder,
                       "efficiency": store.read_stats(), "searches": rows}, indent=2))

@@ -2,8 +2,10 @@
 
 import json
 import math
+import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -372,3 +374,38 @@ def test_a_config_that_cannot_load_is_one_line_naming_it(tmp_path, body, flag, r
   else:
     assert line.startswith(f"error: --config={config_file}: cannot load: {reason}")
   assert not (tmp_path / "w").exists()
+
+
+def test_status_in_the_first_seconds_of_a_run_says_it_started(tmp_path):
+  """Before critical_n.csv exists: the lock held, then config.json written too."""
+  store = Store(str(tmp_path))
+  lock = store.lock()
+  try:
+    for step in ("locked", "claimed"):
+      if step == "claimed":
+        store.claim(tiny_config().to_dict())
+      done = subprocess.run([sys.executable, "-m", "sweep.cli", "status", f"--workdir={tmp_path}"],
+                            capture_output=True, text=True, timeout=60)
+      assert done.returncode == 0, done.stderr
+      assert done.stdout.strip() == (f"{tmp_path}: a run has started by pid {os.getpid()} on "
+                                     f"{socket.gethostname()}; no results yet"), step
+  finally:
+    lock.release()
+
+
+@pytest.mark.parametrize("line", [
+    '{"d": 2, "n": 3, "k": 2, "seed": 42, "success": true, "stop_step": 50}',
+    '{"d": 2, "n": "3", "k": 2, "seed": 42, "success": true, "stop_reason": "x", "stop_step": 5}',
+    '[2, 3, 2, 42]'])
+def test_a_results_line_that_is_not_a_record_is_one_line_naming_it(tmp_path, line):
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  (workdir / "results.jsonl").write_text(line + "\n")
+  config_file = write_config_file(tmp_path / "tiny.py", dims=(2,), restarts=1)
+  for args in (["run", f"--config={config_file}"], ["status"]):
+    done = subprocess.run([sys.executable, "-m", "sweep.cli", *args, f"--workdir={workdir}"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    [error] = done.stderr.strip().splitlines()
+    assert error.startswith(f"error: {workdir / 'results.jsonl'}: line 1: "), args
+    assert "a result record has d (int), n (int)" in error
