@@ -409,3 +409,21 @@ def test_a_results_line_that_is_not_a_record_is_one_line_naming_it(tmp_path, lin
     [error] = done.stderr.strip().splitlines()
     assert error.startswith(f"error: {workdir / 'results.jsonl'}: line 1: "), args
     assert "a result record has d (int), n (int)" in error
+
+
+def test_a_full_disk_is_one_line(tmp_path):
+  """A workdir on a 200 KiB tmpfs fills at the first checkpoints (needs root to mount)."""
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(disk)],
+                    capture_output=True).returncode != 0:
+    pytest.skip("cannot mount a tmpfs here")
+  try:
+    config_file = write_config_file(tmp_path / "tiny.py", dims=(2,), restarts=1)
+    process = sweep("run", f"--config={config_file}", f"--workdir={disk / 'w'}")
+    _, err = process.communicate(timeout=300)
+    assert process.returncode != 0
+    [line] = err.strip().splitlines()
+    assert line.startswith("error: ") and "No space left on device" in line
+  finally:
+    subprocess.run(["umount", str(disk)], check=True)
