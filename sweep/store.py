@@ -620,10 +620,12 @@ class Store:
           item_names=("train", "driver"))
     return self._checkpoints
 
-  def _checkpoint_call(self, call: Callable[[], object], what: str):
-    """A call into orbax, bounded by the deadline and the stop signal, its libraries quiet."""
+  def _checkpoint_call(self, call: Callable[[], object], what: str, stoppable: bool = False):
+    """A call into orbax, its libraries quiet, bounded by the deadline and, if `stoppable`,
+    by the stop signal (a read is; a save or close is how a stopped run ends, so is not)."""
     with _quiet_libraries():
-      return bounded(call, f"{what} in {self.workdir}", self.deadline_s, self.stop_requested)
+      return bounded(call, f"{what} in {self.workdir}", self.deadline_s,
+                     self.stop_requested if stoppable else lambda: False)
 
   def save_checkpoint(self, step: int, train_state, driver_state: dict) -> None:
     """Save at a chunk boundary; a step already saved holds this same state and is kept."""
@@ -662,13 +664,14 @@ class Store:
     WORKDIR/checkpoint-STEP.corrupt, and the previous one used. A stop signal raises
     StopRequested at once, with nothing moved.
     """
-    steps = self._checkpoint_call(self.checkpoints.all_steps, "listing the checkpoints")
+    steps = self._checkpoint_call(self.checkpoints.all_steps, "listing the checkpoints",
+                                  stoppable=True)
     set_aside = []
     for step in sorted(steps, reverse=True):
       for attempt in range(RESTORE_TRIES):
         try:
           return self._checkpoint_call(lambda: self._restore(step, abstract_train_state),
-                                       f"reading checkpoint {step}")
+                                       f"reading checkpoint {step}", stoppable=True)
         except StopRequested:
           raise
         except Exception as error:  # classified below: transient, or this checkpoint's bytes
@@ -700,6 +703,4 @@ class Store:
 
   def close(self) -> None:
     if self._checkpoints is not None:
-      with _quiet_libraries():  # also after a stop signal: closing is part of stopping
-        bounded(self._checkpoints.close, f"closing the checkpoints in {self.workdir}",
-                self.deadline_s)
+      self._checkpoint_call(self._checkpoints.close, "closing the checkpoints")
