@@ -2,11 +2,12 @@
 
 Reads each workdir's critical_n.csv, results and config label through `sweep.store` (the one
 reader of those files, local or gs://), fits critical n(d) with a least-squares polynomial as
-in Weller et al. 2025 (Table 6, cubic over d >= 4), writes `fit.json` next to the data and
-draws the measured points against the paper's. A fit that falls anywhere up to the largest
+in Weller et al. 2025 (Table 6, cubic over d >= 4), writes the fits beside the figure
+(OUT.fit.json) and draws the measured points against the paper's. Nothing is written into a
+workdir: reading one never changes it. A fit that falls anywhere up to the largest
 extrapolated d is not extrapolated.
 
-  python -m plots.critical_n --workdir=/tmp/sweep [--workdir=/tmp/other] [--log]
+  python -m plots.critical_n --workdir=/tmp/sweep [--workdir=/tmp/other] [--out=critical_n] [--log]
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import csv
 import dataclasses
 import importlib.resources
 import io
+import json
 import os
 import sys
 from collections import defaultdict
@@ -29,7 +31,8 @@ from sweep import store as store_lib
 from sweep.store import Store
 
 CSV_NAME = "critical_n.csv"
-FIT_NAME = "fit.json"
+FIT_SUFFIX = ".fit.json"
+DEFAULT_OUT = "critical_n"  # in the current directory: a workdir is only read
 EXTRAPOLATION_DIMS = (512, 768, 1024, 3072, 4096)
 PAPER_DEGREE, PAPER_D_MIN = 3, 4
 SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
@@ -193,9 +196,13 @@ def fit_to_dict(fit: Fit, dims: Sequence[int] = EXTRAPOLATION_DIMS) -> dict:
   }
 
 
-def write_fit_json(workdir, fit: Fit):
-  """Write WORKDIR/fit.json at once (through the store), so a reader never sees half a file."""
-  return Store(str(workdir)).write_json(FIT_NAME, fit_to_dict(fit))
+def write_fit_json(out_prefix, fits: dict[str, Fit]) -> str:
+  """OUT.fit.json: each fitted workdir's fit by its name, replaced at once (through the store,
+  so a gs:// prefix works too)."""
+  path = f"{out_prefix}{FIT_SUFFIX}"
+  store_lib.write_text(path, json.dumps({workdir: fit_to_dict(fit) for workdir, fit in
+                                         fits.items()}, indent=2, allow_nan=False) + "\n")
+  return path
 
 
 def format_equation(fit: Fit) -> str:
@@ -391,7 +398,7 @@ def define_flags(flag_values: flags.FlagValues) -> flags.FlagValues:
   flags.DEFINE_integer("degree", 3, "Degree of the fitted polynomial.", flag_values=flag_values)
   flags.DEFINE_integer("d_min", 4, "Fit only dimensions d >= d_min.", flag_values=flag_values)
   flags.DEFINE_string(
-      "out", None, "Figure path prefix (default: FIRST_WORKDIR/critical_n).",
+      "out", DEFAULT_OUT, "Path prefix of the figure (.png, .pdf) and the fits (.fit.json).",
       flag_values=flag_values)
   flags.DEFINE_bool("log", False, "Log-scale y axis.", flag_values=flag_values)
   flags.mark_flag_as_required("workdir", flag_values=flag_values)
@@ -400,16 +407,18 @@ def define_flags(flag_values: flags.FlagValues) -> flags.FlagValues:
 
 def report(
     workdirs: Sequence[str | os.PathLike],
-    out_prefix: str | os.PathLike | None = None,
+    out_prefix: str | os.PathLike = DEFAULT_OUT,
     degree: int = 3,
     d_min: int = 4,
     log: bool = False,
 ) -> list[str]:
-  """Fit each workdir, print its table, write its fit.json, then draw them all together.
+  """Fit each workdir and print its table, draw them all together, then write the fits.
 
   A single sweep must have enough finished dimensions for its fit; in an overlay, a sweep
-  without them (one whose searches hit max_n, say) is drawn without a fit.
+  without them (one whose searches hit max_n, say) is drawn without a fit. Every input is
+  read before anything is written, so bad input leaves no file behind.
   """
+  fits = {}
   for workdir in workdirs:
     try:
       fit = fit_workdir(workdir, degree=degree, d_min=d_min)
@@ -420,10 +429,10 @@ def report(
       continue
     print(f"{Store(str(workdir)).label()} ({workdir})")
     print(format_fit_table(fit))
-    print(f"  wrote {write_fit_json(workdir, fit)}")
-  if out_prefix is None:
-    out_prefix = Store(str(workdirs[0])).workdir / "critical_n"
+    fits[str(workdir)] = fit
   paths = plot(workdirs, out_prefix, degree=degree, d_min=d_min, log=log)
+  if fits:
+    paths.append(write_fit_json(out_prefix, fits))
   for path in paths:
     print(f"wrote {path}")
   return paths

@@ -29,7 +29,7 @@ USAGE = """usage: sweep COMMAND [flags]
   sweep status --workdir=DIR [--json]
   sweep verify WITNESS.npz
   sweep geometry --k=K --dims=D1,D2,... [--n_unbounded=32] [--lp_max_subsets=2000]
-  sweep plot --workdir=DIR [--workdir=DIR2 ...] [--degree=3] [--d_min=4] [--out=PATH] [--log]
+  sweep plot --workdir=DIR [--workdir=DIR2 ...] [--degree=3] [--d_min=4] [--out=critical_n] [--log]
   sweep plan --config=FILE [--device=NAME] [--calibrate=WORKDIR] [--json]"""
 
 FLAGS = flags.FLAGS
@@ -40,10 +40,11 @@ def _fail(error: Exception) -> None:
   sys.exit(f"error: {' '.join(str(error).split())}")
 
 
-def _draw_figure(workdir: str) -> None:
+def _draw_figure(store: Store) -> None:
+  """The run's figure and fit, in its own workdir (the run is that workdir's writer)."""
   from plots import critical_n  # matplotlib only where a figure is drawn
   try:
-    critical_n.report([workdir])
+    critical_n.report([str(store.workdir)], store.workdir / critical_n.DEFAULT_OUT)
   except (ValueError, OSError) as error:
     print(f"no figure yet: {error}")
 
@@ -87,21 +88,37 @@ def resume_command() -> str:
   return shlex.join(program + _command_line[1:])
 
 
+def _release(store: Store, lock: store_lib.WorkdirLock | None) -> Exception | None:
+  """Close the checkpoints and release the lock, each tried; the first error, if any."""
+  errors = []
+  for cleanup in (store.close, lock.release if lock is not None else lambda: None):
+    try:
+      cleanup()
+    except Exception as error:  # reported in one line by the caller
+      errors.append(error)
+  return errors[0] if errors else None
+
+
 def _sweep(config) -> Store | None:
-  """Run (or resume) the sweep of `config` in --workdir; None if a signal stopped it."""
+  """Run (or resume) the sweep of `config` in --workdir; None if a signal stopped it.
+
+  Any error of the run or of its cleanup ends in one `error:` line; the run's own error wins
+  over one its cleanup raised after it.
+  """
   logging.set_verbosity(logging.WARNING)  # progress lines are printed; library chatter is not
   writer = _start_processes()
   stop = []
   for signum in (signal.SIGTERM, signal.SIGINT):
     signal.signal(signum, lambda signum, frame: stop.append(signum))
-  store = Store(FLAGS.workdir, writer=writer)
+  store = Store(FLAGS.workdir, writer=writer, deadline_s=config.store_deadline_s,
+                stop_requested=lambda: bool(stop))
   compilation.enable_cache()
   compiles = compilation.count()
-  lock = None
+  lock, failure, finished = None, None, False
+  lost = lambda: lock is not None and lock.lost
   try:
     driver = driver_lib.Driver(config, store)
     lock = _hold_workdir(store, writer)
-    lost = lambda: lock is not None and lock.lost
     finished = driver.run(stop_requested=lambda: bool(stop) or lost(),
                           progress=print if writer else lambda _: None)
     if writer and finished and config.protocol != "construction":
@@ -109,14 +126,20 @@ def _sweep(config) -> Store | None:
       print(f"slot occupancy {stats['slot_occupancy']:.0%} (slot-steps of running configurations "
             f"/ slot-steps computed), padding efficiency {stats['padding_efficiency']:.0%} (real / "
             f"padded cells of those steps); {compiles.summary()}")
+  except store_lib.StopRequested as error:  # raised only once a signal came
+    if writer:
+      print(f"stopped by signal {stop[0]} while {error} (nothing was moved or deleted); resume "
+            f"with the same command: {resume_command()}")
+    failure = error
   except OSError as error:  # e.g. an object store that cannot be reached
-    _fail(OSError(f"workdir {FLAGS.workdir}: {error}"))
+    failure = OSError(f"workdir {FLAGS.workdir}: {error}")
   except (ValueError, store_lib.CheckpointUnreadable) as error:
-    _fail(error)
-  finally:
-    store.close()
-    if lock is not None:
-      lock.release()
+    failure = error
+  cleanup_error = _release(store, lock)
+  if isinstance(failure, store_lib.StopRequested):
+    return None
+  if failure is not None or cleanup_error is not None:
+    _fail(failure or OSError(f"workdir {FLAGS.workdir}: while closing: {cleanup_error}"))
   if not finished:
     if lost():
       _fail(RuntimeError(f"another run took over {store.workdir}; this one stopped after a "
@@ -144,7 +167,7 @@ def run(argv) -> None:
     print(f"d={r['d']}: critical n = {critical} (largest success {r['max_success_n'] or '-'}, "
           f"certified {r['critical_n_certified'] or '-'}, probes {r['probes']}); "
           f"geometry: {r['geometric_critical_n']}")
-  _draw_figure(FLAGS.workdir)
+  _draw_figure(store)
 
 
 def fit_qrels(argv) -> None:
@@ -181,9 +204,16 @@ def status(argv) -> None:
       print(json.dumps({"configurations_finished": finished, "lock": holder, **report},
                        indent=2))
       return
-    rows = store.read_critical_n()
+    started = holder is not None or store.config_path.exists()
+    rows = store.read_critical_n() if store.critical_n_path.exists() or not started else None
   except (ValueError, OSError) as error:
     _fail(error)
+  if rows is None:  # the first seconds of a run: locked, or config.json written, no table yet
+    who = f" by pid {holder['pid']} on {holder['host']}" if holder else ""
+    print(json.dumps({"configurations_finished": finished, "lock": holder, "searches": []},
+                     indent=2) if FLAGS.json else
+          f"{store.workdir}: a run has started{who}; no results yet")
+    return
   if FLAGS.json:
     print(json.dumps({"configurations_finished": finished, "lock": holder,
                       "efficiency": store.read_stats(), "searches": rows}, indent=2))
@@ -283,6 +313,41 @@ def plan(argv) -> None:
     sys.exit(3)
 
 
+def _unknown_overrides(argv: list[str]) -> list[str]:
+  """--config.FIELD overrides of fields no sweep config has."""
+  fields = config_lib.default_config()
+  return sorted({a[len("--config."):].split("=")[0].split(".")[0] for a in argv
+                 if a.startswith("--config.")} - set(fields))
+
+
+def _load_error(error: BaseException) -> str:
+  """The root cause of a config file's loading error in one line (ml_collections wraps a
+  missing file in two errors, the reason on the last line)."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return f"{type(error).__name__}: {lines[-1] if lines else ''}"
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with the config file loaded here: a file that is missing, does not
+  compile, has no get_config or whose get_config raises, and an override of a field no
+  config has, each end in one line naming it."""
+  unknown = _unknown_overrides(argv)
+  if unknown:
+    sys.exit(f"error: --config.{unknown[0]}: config has unknown fields {unknown}: allowed are "
+             f"{sorted(config_lib.default_config())}")
+  try:
+    rest = app.parse_flags_with_usage(argv)  # loads the config file
+    if "config" in FLAGS:
+      FLAGS.config.keys()  # ml_collections defers some loading errors to the first use
+  except Exception as error:  # anything the config file raised: it, not this, is at fault
+    files = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    name = files[-1] if files else FLAGS["config"].default
+    sys.exit(f"error: --config={name}: cannot load: {_load_error(error)}")
+  return rest
+
+
 COMMANDS = {"run": run, "fit-qrels": fit_qrels, "status": status, "verify": verify,
             "geometry": geometry_table, "plan": plan}
 
@@ -319,7 +384,7 @@ def run_main() -> None:
     flags.DEFINE_string("calibrate", None, "A finished workdir whose results.jsonl sets the "
                         "steps each probe trains.")
     flags.DEFINE_bool("json", False, "Print the plan as JSON.")
-    app.run(plan)
+    app.run(plan, flags_parser=_parse_flags)
     return
   flags.DEFINE_string("workdir", None, "The sweep's directory (results, checkpoints, figure).",
                       required=True)
@@ -341,7 +406,7 @@ def run_main() -> None:
     else:
       flags.DEFINE_string("qrels", None, "Relevance: qrels.jsonl, a BEIR .tsv, or an .npz "
                           "boolean matrix.", required=True)
-  app.run(COMMANDS[command])
+  app.run(COMMANDS[command], flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

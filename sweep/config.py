@@ -21,6 +21,7 @@ def default_config() -> ConfigDict:
       eval_every=50, num_queries=0, start_n=0, max_n=0, local_sweep=4, probes_per_search=2,
       start_window=0,
       max_slots=64, bucket_slots=0, chunk_evals=20, memory_budget_mb=2048.0, checkpoint_every_s=60.0,
+      store_deadline_s=300.0,  # seconds one checkpoint call may wait on an unanswering store
       protocol="free", warm_noise=0.0, qrels="", qrels_sha256="", start_d=0, label="",
       query_tile=0, matmul_precision="highest"))
 
@@ -61,7 +62,8 @@ def validate_config(config: ConfigDict) -> None:
       value = config[field]
       _check(isinstance(value, (int, float)) and math.isfinite(value), field, value,
              "a finite number")
-  for field in ("learning_rate", "temperature", "memory_budget_mb", "checkpoint_every_s"):
+  for field in ("learning_rate", "temperature", "memory_budget_mb", "checkpoint_every_s",
+                "store_deadline_s"):
     _check(config[field] > 0, field, config[field], "> 0")
   _check(config.min_delta >= 0, "min_delta", config.min_delta, ">= 0")
   _check(config.warm_noise >= 0, "warm_noise", config.warm_noise, ">= 0")

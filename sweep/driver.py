@@ -293,7 +293,7 @@ class Driver:
       made_by = self._made_by(Probe(record["d"], record["n"], record["seed"]))
       differ = sorted(f for f, value in made_by.items() if record.get(f) != value)
       if differ:
-        raise ValueError(
+        raise store_lib.ConfigMismatch(
             f"{source}: the line of d={record['d']}, n={record['n']}, seed={record['seed']} was "
             f"made by another config: fields {', '.join(differ)} differ (use a new --workdir, "
             f"or the same values)")
@@ -335,7 +335,7 @@ class Driver:
     self._last_checkpoint = time.monotonic()
 
   def restore(self) -> bool:
-    restored = self.store.restore_checkpoint(self._abstract_train_states)
+    restored = self.store.restore_checkpoint(self._abstract_train_states, self.config.to_dict())
     if restored is None:
       return False
     _, states, driver_json = restored

@@ -14,9 +14,11 @@ a truncated or deleted file) is rebuilt from it, and another config is refused.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import fcntl
+import gc
 import importlib.metadata
 import io
 import json
@@ -31,6 +33,8 @@ import time
 import uuid
 import zipfile
 import zlib
+import warnings
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -43,14 +47,23 @@ CRITICAL_N_COLUMNS = ("d", "k", "critical_n", "max_success_n", "lo", "hi", "done
 _REQUIRED_COLUMNS = ("d", "k", "critical_n", "max_success_n", "lo", "hi", "done", "probes")
 _INT_COLUMNS = ("d", "k", "critical_n", "max_success_n", "lo", "hi", "critical_n_certified")
 RESULT_KEY = ("d", "n", "k", "seed")
+# The fields of a result record that resuming, status, plan and plot read, and their types.
+RECORD_FIELDS = {"d": int, "n": int, "k": int, "seed": int, "success": bool,
+                 "stop_reason": str, "stop_step": int}
+_RECORD_SHAPE = ", ".join(f"{field} ({kind.__name__})" for field, kind in RECORD_FIELDS.items())
 _OBJECT_STORES = ("gs://", "s3://")
 # Fields that change how a sweep runs but not what it finds; a resumed run may change them.
 # qrels is where the relevance file lies; its content is bound by qrels_sha256.
-RUN_ONLY_FIELDS = ("checkpoint_every_s", "label", "qrels")
+RUN_ONLY_FIELDS = ("checkpoint_every_s", "label", "qrels", "store_deadline_s")
 LOCK_NAME = "lock.json"
 LEASE_SECONDS = 120.0  # an object-store lease not renewed for this long is taken over
 RESTORE_TRIES = 3
 KEEP_CHECKPOINTS = 2
+STORE_DEADLINE_S = 300.0  # one checkpoint read, write or listing; a store silent longer is gone
+# Loggers of the libraries behind a checkpoint call: one failing read logs a traceback per
+# array (asyncio's "Task exception was never retrieved", orbax's errors); the store says what
+# happened in one line instead.
+_CHECKPOINT_LOGGERS = ("absl", "asyncio", "orbax", "tensorstore", "jax")
 # Status codes of errors that say the store, not the checkpoint, failed (tensorstore, gRPC).
 _TRANSIENT_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED",
                     "CANCELLED", "UNAUTHENTICATED", "PERMISSION_DENIED")
@@ -131,11 +144,25 @@ def parse_records(text: str, source, torn_tail_ok: bool) -> list[dict]:
       if number == len(lines) and torn_tail_ok:
         continue
       raise ValueError(f"{source}: line {number}: invalid JSON: {error}") from None
-    if not isinstance(record, dict) or any(key not in record for key in RESULT_KEY):
-      raise ValueError(f"{source}: line {number}: expected an object with "
-                       f"{', '.join(RESULT_KEY)}")
+    problem = _record_problem(record)
+    if problem:
+      raise ValueError(f"{source}: line {number}: {problem}; a result record has "
+                       f"{_RECORD_SHAPE}")
     records.append(record)
   return records
+
+
+def _record_problem(record) -> str | None:
+  """What keeps a parsed JSON line from being a result record, or None."""
+  if not isinstance(record, dict):
+    return f"a JSON {type(record).__name__}, not an object"
+  for field, kind in RECORD_FIELDS.items():
+    if field not in record:
+      return f"field {field!r} is missing"
+    value = record[field]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+      return f"field {field!r} is {json.dumps(value)}, not a {kind.__name__}"
+  return None
 
 
 def _typed_cell(source, line: int, column: str, text: str):
@@ -335,8 +362,13 @@ def _as_stored(config: dict) -> dict:
   return json.loads(json.dumps(config))
 
 
-def _refuse_other_config(workdir, previous: dict, config: dict, source: str) -> None:
-  """Raise naming the fields (other than RUN_ONLY_FIELDS) where `previous` is not `config`."""
+class ConfigMismatch(ValueError):
+  """A workdir's config.json, checkpoint or results were made by another config."""
+
+
+def refuse_other_config(workdir, previous: dict, config: dict, source: str) -> None:
+  """Raise ConfigMismatch naming the fields (other than RUN_ONLY_FIELDS) where `previous` is
+  not `config`."""
   config = _as_stored(config)
   differ = sorted(key for key in set(previous) | set(config)
                   if key not in RUN_ONLY_FIELDS and previous.get(key) != config.get(key))
@@ -344,7 +376,7 @@ def _refuse_other_config(workdir, previous: dict, config: dict, source: str) -> 
     values = "; ".join(f"{key} {previous.get(key)!r} in its {source}, {config.get(key)!r} in "
                        f"this run" for key in differ)
     qrels = f" (qrels {config['qrels']})" if "qrels_sha256" in differ else ""
-    raise ValueError(
+    raise ConfigMismatch(
         f"{workdir} was made by another config: fields {', '.join(differ)} differ: "
         f"{values}{qrels} (use a new --workdir, or the same values)")
 
@@ -360,12 +392,83 @@ def _is_transient(error: Exception) -> bool:
   return any(code in str(error) for code in _TRANSIENT_CODES)
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: Exception) -> str:
   return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
 
 class CheckpointUnreadable(RuntimeError):
   """A checkpoint could not be read for a reason other than its own bytes."""
+
+
+class StoreUnreachable(OSError):
+  """A store call ran past its deadline (an OSError: the store failed, not the data)."""
+
+
+class StopRequested(RuntimeError):
+  """A signal asked the run to stop while a store call was waiting; nothing was changed."""
+
+
+def _drop_closed_loop_callbacks(default_hook):
+  """An unraisable hook that drops tensorstore completing a read for an asyncio loop orbax
+  already closed (one failed read ends a restore while the others are in flight; each prints
+  a traceback, seconds later), and passes everything else on."""
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      default_hook(unraisable)
+  hook.drops_closed_loop_callbacks = True
+  return hook
+
+
+@contextlib.contextmanager
+def _quiet_libraries():
+  """Only CRITICAL from the checkpoint libraries' loggers while a checkpoint call runs; the
+  tasks and coroutines a failed call left are collected (their noise dropped) before the
+  levels return. Closed-loop callbacks come later, so their filter stays once installed."""
+  if not getattr(sys.unraisablehook, "drops_closed_loop_callbacks", False):
+    sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
+  loggers = [logging.getLogger(name) for name in _CHECKPOINT_LOGGERS]
+  levels = [logger.level for logger in loggers]
+  for logger in loggers:
+    logger.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    with warnings.catch_warnings():  # the coroutines a failed read left never awaited
+      warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
+      gc.collect()
+    for logger, level in zip(loggers, levels):
+      logger.setLevel(level)
+
+
+def bounded(call: Callable[[], object], what: str, deadline_s: float,
+            stop_requested: Callable[[], bool] = lambda: False):
+  """call()'s result, computed in a worker thread while this one keeps answering signals.
+
+  Raises StoreUnreachable once `deadline_s` passes and StopRequested as soon as
+  `stop_requested()`; the call is then left blocked where it is (inside a library retrying a
+  store that is gone, say), in a daemon thread that never keeps the process alive.
+  """
+  outcome: dict = {}
+
+  def work():
+    try:
+      outcome["value"] = call()
+    except BaseException as error:  # handed to the waiting thread, which raises it
+      outcome["error"] = error
+
+  worker = threading.Thread(target=work, name=what, daemon=True)
+  worker.start()
+  deadline = time.monotonic() + deadline_s
+  while worker.is_alive():
+    if stop_requested():
+      raise StopRequested(what)
+    if time.monotonic() >= deadline:
+      raise StoreUnreachable(f"{what}: no answer within {deadline_s:g} s")
+    worker.join(0.1)
+  if "error" in outcome:
+    raise outcome["error"]
+  return outcome["value"]
 
 
 class Store:
@@ -375,9 +478,12 @@ class Store:
   (process 0) writes results, tables, witnesses and config.json, and holds the lock.
   """
 
-  def __init__(self, workdir: str, writer: bool = True):
+  def __init__(self, workdir: str, writer: bool = True, deadline_s: float = STORE_DEADLINE_S,
+               stop_requested: Callable[[], bool] = lambda: False):
     self.workdir = epath.Path(workdir)
     self.writer = writer
+    self.deadline_s = deadline_s  # for each checkpoint call
+    self.stop_requested = stop_requested  # a signal came: stop waiting on the store
     self.object_store = is_object_store(workdir)
     self.results_path = self.workdir / "results.jsonl"
     self.results_parts = self.workdir / "results"
@@ -407,11 +513,10 @@ class Store:
   # -- config -----------------------------------------------------------------------------
 
   def check_config(self, config: dict) -> None:
-    """Refuse a workdir whose config.json or any checkpoint was made by another config."""
+    """Refuse a workdir whose config.json was made by another config (its checkpoint is
+    checked as it is restored)."""
     if self.config_path.exists():
-      _refuse_other_config(self.workdir, self.read_config(), config, "config.json")
-    for step, made_by in self.checkpoint_configs():
-      _refuse_other_config(self.workdir, made_by, config, f"checkpoint {step}")
+      refuse_other_config(self.workdir, self.read_config(), config, "config.json")
 
   def claim(self, config: dict) -> None:
     """Check that the workdir was made by this same config, then write config.json."""
@@ -581,80 +686,100 @@ class Store:
           item_names=("train", "driver"))
     return self._checkpoints
 
+  def _checkpoint_call(self, call: Callable[[], object], what: str, stoppable: bool = False):
+    """A call into orbax, its libraries quiet, bounded by the deadline and, if `stoppable`,
+    by the stop signal (a read is; a save or close is how a stopped run ends, so is not)."""
+    with _quiet_libraries():
+      return bounded(call, f"{what} in {self.workdir}", self.deadline_s,
+                     self.stop_requested if stoppable else lambda: False)
+
   def save_checkpoint(self, step: int, train_state, driver_state: dict) -> None:
     """Save at a chunk boundary; a step already saved holds this same state and is kept.
 
     Then only the newest KEEP_CHECKPOINTS stay: orbax deletes older ones after a save, so a
     kill between the two, or a run that saved nothing new, would leave more for good.
     """
-    if step not in self.checkpoints.all_steps():
-      self.checkpoints.save(step, args=ocp.args.Composite(
-          train=ocp.args.StandardSave(train_state), driver=ocp.args.JsonSave(driver_state)),
-          force=True)
-      self.checkpoints.wait_until_finished()
-    if self.writer:
-      for old in sorted(self.checkpoints.all_steps())[:-KEEP_CHECKPOINTS]:
-        self.checkpoints.delete(old)
+    def save():
+      if step not in self.checkpoints.all_steps():
+        self.checkpoints.save(step, args=ocp.args.Composite(
+            train=ocp.args.StandardSave(train_state), driver=ocp.args.JsonSave(driver_state)),
+            force=True)
+        self.checkpoints.wait_until_finished()
+      if self.writer:
+        for old in sorted(self.checkpoints.all_steps())[:-KEEP_CHECKPOINTS]:
+          self.checkpoints.delete(old)
+    self._checkpoint_call(save, f"saving checkpoint {step}")
 
-  def checkpoint_configs(self) -> list[tuple[int, dict]]:
-    """(step, config) of every checkpoint whose driver state names its config. One that
-    cannot be read is left to restore_checkpoint, which tells the store's errors apart."""
-    configs = []
-    for step in self.checkpoints.all_steps():
-      try:
-        driver = self.checkpoints.restore(step, args=ocp.args.Composite(
-            driver=ocp.args.JsonRestore()))["driver"]
-      except Exception:  # judged by restore_checkpoint, with retries
-        continue
-      if "config" in driver:
-        configs.append((step, driver["config"]))
-    return configs
-
-  def _restore(self, step: int, abstract_train_state):
+  def _restore(self, step: int, abstract_train_state, config: dict | None):
     driver = self.checkpoints.restore(step, args=ocp.args.Composite(
         driver=ocp.args.JsonRestore()))["driver"]
+    if config is not None:  # before its train state, which another config's could not fit
+      refuse_other_config(self.workdir, driver.get("config", {}), config, f"checkpoint {step}")
     train = self.checkpoints.restore(step, args=ocp.args.Composite(
         train=ocp.args.StandardRestore(abstract_train_state(driver))))["train"]
     return step, train, driver
 
-  def restore_checkpoint(self, abstract_train_state, retry_seconds: float = 1.0):
+  def _pause(self, seconds: float) -> None:
+    """Sleep between tries, but stop at once when a signal asks to."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+      if self.stop_requested():
+        raise StopRequested("waiting to retry a checkpoint")
+      time.sleep(min(0.1, seconds))
+
+  def restore_checkpoint(self, abstract_train_state, config: dict | None = None,
+                         retry_seconds: float = 1.0):
     """(step, train_state, driver_state) of the newest readable checkpoint, or None.
 
     `abstract_train_state(driver_state)` gives the target structure (and sharding) for the
-    train state, which depends on the bucket recorded in the driver state. Nothing good is
-    ever deleted: an error of the store (network, quota) is retried RESTORE_TRIES times and
-    then raised as CheckpointUnreadable; only a checkpoint whose own bytes fail every try is
-    proven corrupt, moved aside to WORKDIR/checkpoint-STEP.corrupt, and the previous one used.
+    train state, which depends on the bucket recorded in the driver state. A checkpoint made
+    by another config than `config` raises ConfigMismatch naming the fields. Nothing good is
+    ever deleted: an error of the store (network, quota, no answer within the deadline) is
+    retried RESTORE_TRIES times and then raised as CheckpointUnreadable; only a checkpoint
+    whose own bytes fail every try is proven corrupt, moved aside to
+    WORKDIR/checkpoint-STEP.corrupt, and the previous one used. A stop signal raises
+    StopRequested at once, with nothing moved.
     """
-    for step in sorted(self.checkpoints.all_steps(), reverse=True):
+    steps = self._checkpoint_call(self.checkpoints.all_steps, "listing the checkpoints",
+                                  stoppable=True)
+    set_aside = []
+    for step in sorted(steps, reverse=True):
       for attempt in range(RESTORE_TRIES):
         try:
-          return self._restore(step, abstract_train_state)
+          return self._checkpoint_call(lambda: self._restore(step, abstract_train_state, config),
+                                       f"reading checkpoint {step}", stoppable=True)
+        except (StopRequested, ConfigMismatch):
+          raise
         except Exception as error:  # classified below: transient, or this checkpoint's bytes
           last = error
           if attempt + 1 < RESTORE_TRIES:
-            time.sleep(retry_seconds * 2**attempt)
+            self._pause(retry_seconds * 2**attempt)
       if _is_transient(last):
         raise CheckpointUnreadable(
             f"checkpoint {step} in {self.workdir} could not be read after {RESTORE_TRIES} tries "
-            f"({_first_line(last)}); nothing was moved or deleted, rerun when the store is "
+            f"({first_line(last)}); nothing was moved or deleted, rerun when the store is "
             f"reachable") from last
       if self.writer:
-        self._set_aside(step, last)
+        set_aside.append(self._set_aside(step, last))
+    if set_aside:
+      logging.warning("every checkpoint of %s was unreadable; set aside as %s; starting the "
+                      "sweep over (the results already written are kept)",
+                      self.workdir, ", ".join(str(path) for path in set_aside))
     return None
 
-  def _set_aside(self, step: int, error: Exception) -> None:
+  def _set_aside(self, step: int, error: Exception) -> epath.Path:
     aside = self.workdir / f"checkpoint-{step}.corrupt"
     if aside.exists():
       aside = self.workdir / f"checkpoint-{step}.corrupt-{int(time.time())}"
     logging.warning("checkpoint %d in %s is corrupt (%s); moved to %s, trying the previous one",
-                    step, self.workdir, _first_line(error), aside)
+                    step, self.workdir, first_line(error), aside)
     (self.workdir / "checkpoints" / str(step)).rename(aside)
-    self.checkpoints.reload()
+    self._checkpoint_call(self.checkpoints.reload, "listing the checkpoints")
+    return aside
 
   def close(self) -> None:
     if self._checkpoints is not None:
-      self._checkpoints.close()
+      self._checkpoint_call(self._checkpoints.close, "closing the checkpoints")
 
 
 def read_witness(path: str) -> dict[str, np.ndarray]:

@@ -2,8 +2,10 @@
 
 import json
 import math
+import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -338,3 +340,106 @@ def test_fit_qrels_rejects_a_bad_file_in_one_line(tmp_path):
   _, err = process.communicate(timeout=60)
   assert process.returncode != 0
   assert len(err.strip().splitlines()) == 1 and "empty.jsonl" in err
+
+
+def garble(folder):
+  """Flip bits through every array file and manifest of a checkpoint: its own bytes are bad."""
+  for path in folder.rglob("*"):
+    if path.is_file() and (path.name.endswith(".ocdbt") or path.parent.name == "d"):
+      data = bytearray(path.read_bytes())
+      data[8::7] = bytes(b ^ 0x5A for b in data[8::7])
+      path.write_bytes(bytes(data))
+
+
+def test_every_checkpoint_corrupt_is_one_line_each_and_the_sweep_starts_over(tmp_path):
+  workdir = tmp_path / "w"
+  uninterrupted(workdir, dims=(2,), restarts=1)
+  steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir())
+  for step in steps:
+    garble(workdir / "checkpoints" / str(step) / "train")
+  config_file = write_config_file(tmp_path / "tiny.py", dims=(2,), restarts=1)
+  process = sweep("run", f"--config={config_file}", f"--workdir={workdir}")
+  out, err = process.communicate(timeout=300)
+  assert process.returncode == 0, err
+  lines = err.strip().splitlines()
+  assert len(lines) <= len(steps) + 2, err  # one per checkpoint, one to say so
+  assert f"every checkpoint of {workdir} was unreadable; set aside as" in lines[-1]
+  assert "starting the sweep over" in lines[-1] and "resumed" not in out
+  assert all((workdir / f"checkpoint-{step}.corrupt" / "train").is_dir() for step in steps)
+
+
+@pytest.mark.parametrize("body, flag, reason", [
+    (None, "", "OSError: [Errno 2] No such file or directory"),
+    ("def get_config(:\n", "", "SyntaxError: invalid syntax"),
+    ("x = 1\n", "", "AttributeError: module 'config_config' has no attribute 'get_config'"),
+    ("def get_config():\n  raise RuntimeError('no config today')\n", "",
+     "RuntimeError: no config today"),
+    ("from sweep.config import get_config\n", "--config.nosuchfield=3", None)])
+def test_a_config_that_cannot_load_is_one_line_naming_it(tmp_path, body, flag, reason):
+  config_file = tmp_path / "c.py"
+  if body is not None:
+    config_file.write_text(body)
+  process = sweep("run", f"--config={config_file}", f"--workdir={tmp_path / 'w'}",
+                  *([flag] if flag else []))
+  _, err = process.communicate(timeout=60)
+  assert process.returncode != 0
+  [line] = err.strip().splitlines()
+  if reason is None:
+    assert line.startswith("error: --config.nosuchfield: config has unknown fields "
+                           "['nosuchfield']: allowed are ['bucket_slots',")
+  else:
+    assert line.startswith(f"error: --config={config_file}: cannot load: {reason}")
+  assert not (tmp_path / "w").exists()
+
+
+def test_status_in_the_first_seconds_of_a_run_says_it_started(tmp_path):
+  """Before critical_n.csv exists: the lock held, then config.json written too."""
+  store = Store(str(tmp_path))
+  lock = store.lock()
+  try:
+    for step in ("locked", "claimed"):
+      if step == "claimed":
+        store.claim(tiny_config().to_dict())
+      done = subprocess.run([sys.executable, "-m", "sweep.cli", "status", f"--workdir={tmp_path}"],
+                            capture_output=True, text=True, timeout=60)
+      assert done.returncode == 0, done.stderr
+      assert done.stdout.strip() == (f"{tmp_path}: a run has started by pid {os.getpid()} on "
+                                     f"{socket.gethostname()}; no results yet"), step
+  finally:
+    lock.release()
+
+
+@pytest.mark.parametrize("line", [
+    '{"d": 2, "n": 3, "k": 2, "seed": 42, "success": true, "stop_step": 50}',
+    '{"d": 2, "n": "3", "k": 2, "seed": 42, "success": true, "stop_reason": "x", "stop_step": 5}',
+    '[2, 3, 2, 42]'])
+def test_a_results_line_that_is_not_a_record_is_one_line_naming_it(tmp_path, line):
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  (workdir / "results.jsonl").write_text(line + "\n")
+  config_file = write_config_file(tmp_path / "tiny.py", dims=(2,), restarts=1)
+  for args in (["run", f"--config={config_file}"], ["status"]):
+    done = subprocess.run([sys.executable, "-m", "sweep.cli", *args, f"--workdir={workdir}"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    [error] = done.stderr.strip().splitlines()
+    assert error.startswith(f"error: {workdir / 'results.jsonl'}: line 1: "), args
+    assert "a result record has d (int), n (int)" in error
+
+
+def test_a_full_disk_is_one_line(tmp_path):
+  """A workdir on a 200 KiB tmpfs fills at the first checkpoints (needs root to mount)."""
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(disk)],
+                    capture_output=True).returncode != 0:
+    pytest.skip("cannot mount a tmpfs here")
+  try:
+    config_file = write_config_file(tmp_path / "tiny.py", dims=(2,), restarts=1)
+    process = sweep("run", f"--config={config_file}", f"--workdir={disk / 'w'}")
+    _, err = process.communicate(timeout=300)
+    assert process.returncode != 0
+    [line] = err.strip().splitlines()
+    assert line.startswith("error: ") and "No space left on device" in line
+  finally:
+    subprocess.run(["umount", str(disk)], check=True)

@@ -3,6 +3,7 @@ and plot through the store, results as one object per batch, and the lease that 
 workdir."""
 
 import json
+import os
 import signal
 import socket
 import time
@@ -11,9 +12,10 @@ import uuid
 import pytest
 from etils import epath
 
+from sweep import driver as driver_lib
 from sweep import store as store_lib
 from sweep.store import Store
-from test_driver import sweep, uninterrupted, wait_for, write_config_file
+from test_driver import sweep, tiny_config, uninterrupted, wait_for, write_config_file
 
 
 def without_timing(records):
@@ -48,11 +50,12 @@ def test_a_gs_sweep_killed_and_resumed_equals_a_local_run(tmp_path, gcs_bucket):
   status_out, err = status.communicate(timeout=120)
   assert status.returncode == 0, err
   assert json.loads(status_out)["configurations_finished"] == len(expected_results)
-  plot = sweep("plot", f"--workdir={workdir}", "--degree=1", "--d_min=2")
+  plot = sweep("plot", f"--workdir={workdir}", "--degree=1", "--d_min=2",
+               f"--out={workdir}-figure/critical_n")
   plot_out, err = plot.communicate(timeout=120)
   assert plot.returncode == 0, err
-  for name in ("fit.json", "critical_n.png", "critical_n.pdf"):
-    assert epath.Path(f"{workdir}/{name}").stat().length > 0, name
+  for name in ("critical_n.fit.json", "critical_n.png", "critical_n.pdf"):
+    assert epath.Path(f"{workdir}-figure/{name}").stat().length > 0, name
 
 
 def lease(path, host, expires_in):
@@ -95,3 +98,42 @@ def test_the_holder_stops_when_its_lease_is_deleted(gcs_bucket):
   time.sleep(0.6)
   assert lock.lost
   lock.release()
+
+
+def closed_port_url() -> str:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return f"http://127.0.0.1:{s.getsockname()[1]}"  # closed once the socket is
+
+
+def test_a_store_that_stops_answering_at_resume_ends_in_one_line(tmp_path, gcs_bucket):
+  """Checkpoints written, then tensorstore pointed at a closed port: each read try ends at the
+  deadline, three tries end in one line; a SIGTERM stops the wait at once. Nothing moves."""
+  workdir = f"{gcs_bucket}/unreachable-{uuid.uuid4().hex[:8]}"
+  store = Store(workdir)
+  assert driver_lib.Driver(tiny_config(dims=(2,), restarts=1), store).run(progress=lambda _: None)
+  store.close()
+  steps = Store(workdir).checkpoints.all_steps()
+  config_file = write_config_file(tmp_path / "tiny.py", dims=(2,), restarts=1)
+  args = ["run", f"--config={config_file}", f"--workdir={workdir}"]
+  env = {**os.environ, "TENSORSTORE_GCS_HTTP_URL": closed_port_url()}
+
+  started = time.monotonic()
+  unreachable = sweep(*args, "--config.store_deadline_s=2", env=env)
+  out, err = unreachable.communicate(timeout=240)
+  assert unreachable.returncode != 0 and "Traceback" not in err
+  assert err.strip().splitlines()[-1] == (
+      f"error: checkpoint {max(steps)} in {workdir} could not be read after 3 tries "
+      f"(StoreUnreachable: reading checkpoint {max(steps)} in {workdir}: no answer within 2 s); "
+      f"nothing was moved or deleted, rerun when the store is reachable")
+  assert time.monotonic() - started < 200
+
+  waiting = sweep(*args, env=env)  # the default deadline: minutes
+  wait_for(lambda: store_lib.read_lock(store.lock_path) is not None, waiting, timeout=120)
+  time.sleep(3)  # past the lock and config.json, into the checkpoint read
+  waiting.send_signal(signal.SIGTERM)
+  out, err = waiting.communicate(timeout=30)
+  assert "Traceback" not in err
+  assert f"stopped by signal 15 while reading checkpoint {max(steps)} in {workdir}" in out
+  assert Store(workdir).checkpoints.all_steps() == steps
+  assert not list(epath.Path(workdir).glob("checkpoint-*.corrupt"))

@@ -81,8 +81,10 @@ def test_slots_within_measures_only_where_the_estimate_does_not_fit():
 
 def test_cli_plan_calibrated_from_a_workdir(tmp_path):
   store = Store(str(tmp_path))
-  store.append_results([dict(d=4, n=8, k=2, seed=42, success=True, stop_step=450),
-                        dict(d=4, n=9, k=2, seed=42, success=False, stop_step=3000)])
+  store.append_results([dict(d=4, n=8, k=2, seed=42, success=True, stop_reason="success",
+                             stop_step=450),
+                        dict(d=4, n=9, k=2, seed=42, success=False, stop_reason="patience",
+                             stop_step=3000)])
   command = [sys.executable, "-m", "sweep.cli", "plan", "--config=experiments/quick.py",
              "--config.dims=(4,)", "--config.local_sweep=0", "--device=tpu-v5e-8", "--json",
              f"--calibrate={tmp_path}"]

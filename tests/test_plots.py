@@ -42,8 +42,10 @@ def restart_results(dims=range(4, 13)):
   for d in dims:
     for seed, shift in enumerate((-2, 0, 1)):
       best = table[d] + shift
-      results.append(dict(d=d, n=best, k=2, seed=seed, success=True, steps=10))
-      results.append(dict(d=d, n=best + 1, k=2, seed=seed, success=False, steps=10))
+      results.append(dict(d=d, n=best, k=2, seed=seed, success=True, stop_reason="success",
+                          stop_step=10))
+      results.append(dict(d=d, n=best + 1, k=2, seed=seed, success=False,
+                          stop_reason="patience", stop_step=10))
   return results
 
 
@@ -103,7 +105,8 @@ def test_restart_spread_is_min_max_of_per_seed_best(tmp_path):
 
 
 def test_read_results_skips_a_half_written_last_line_only(tmp_path):
-  record = json.dumps(dict(d=4, n=10, k=2, seed=0, success=True))
+  record = json.dumps(dict(d=4, n=10, k=2, seed=0, success=True, stop_reason="success",
+                           stop_step=50))
   (tmp_path / "results.jsonl").write_text(f"{record}\n{record}\n{{\"d\": 4, \"n")
   assert len(Store(str(tmp_path), writer=False).read_results()) == 2
   (tmp_path / "results.jsonl").write_text(f"{record}\n{{oops\n{record}\n")
@@ -114,8 +117,9 @@ def test_read_results_skips_a_half_written_last_line_only(tmp_path):
 def test_write_fit_json(tmp_path):
   write_workdir(tmp_path, paper_like_rows())
   fit = cn.fit_workdir(tmp_path)
-  path = cn.write_fit_json(tmp_path, fit)
-  data = json.loads(path.read_text())
+  path = cn.write_fit_json(tmp_path / "figure", {"w": fit})
+  assert path == f"{tmp_path / 'figure'}.fit.json"
+  [data] = json.loads(Path(path).read_text()).values()
   assert set(data) == {"degree", "coefficients", "r2", "d_min", "measured_d", "points",
                        "extrapolation", "extrapolation_refused", "paper_extrapolation"}
   assert set(data["extrapolation"]) == {"512", "768", "1024", "3072", "4096"}
@@ -126,10 +130,10 @@ def test_write_fit_json(tmp_path):
 
 def test_fit_json_has_the_file_mode_of_the_other_outputs(tmp_path):
   write_workdir(tmp_path, paper_like_rows())
-  cn.write_fit_json(tmp_path, cn.fit_workdir(tmp_path))
+  cn.write_fit_json(tmp_path / "figure", {"w": cn.fit_workdir(tmp_path)})
   Store(str(tmp_path)).write_critical_n([])
   mode = lambda name: stat.S_IMODE(os.stat(tmp_path / name).st_mode)
-  assert mode("fit.json") == mode("critical_n.csv") == 0o666 & ~current_umask()
+  assert mode("figure.fit.json") == mode("critical_n.csv") == 0o666 & ~current_umask()
 
 
 def current_umask():
@@ -146,12 +150,12 @@ def test_a_fit_that_falls_is_not_extrapolated(tmp_path, capsys):
   assert fit.coefficients[3] < 0
   reason = cn.extrapolation_refusal(fit)
   assert reason and "decreases" in reason
-  cn.main(["critical_n", f"--workdir={tmp_path}"])
+  cn.main(["critical_n", f"--workdir={tmp_path}", f"--out={tmp_path / 'figure'}"])
   out = capsys.readouterr().out
   assert "measured d = 4 … 10" in out and "not extrapolated" in out
   assert "4,005,322" in out  # the paper fit's d = 1024 beside it
   assert not re.search(r"-\d{1,3},\d{3}", out)  # no negative predicted n anywhere
-  data = json.loads((tmp_path / "fit.json").read_text())
+  data = json.loads((tmp_path / "figure.fit.json").read_text())[str(tmp_path)]
   assert data["extrapolation"] is None and "decreases" in data["extrapolation_refused"]
   assert data["paper_extrapolation"]["1024"] == pytest.approx(4.0e6, rel=0.01)
 
@@ -173,13 +177,37 @@ def test_plot_two_workdirs_log_axis(tmp_path):
   assert all(os.path.getsize(p) > 0 for p in paths)
 
 
-def test_main_writes_fit_json_and_figures(tmp_path, capsys):
-  workdir = write_workdir(tmp_path, paper_like_rows(), restart_results())
-  cn.main(["critical_n", f"--workdir={workdir}"])
-  assert (tmp_path / "fit.json").is_file()
-  assert (tmp_path / "critical_n.png").stat().st_size > 0
-  assert (tmp_path / "critical_n.pdf").stat().st_size > 0
+def listing(folder):
+  """Every file under `folder` with its size and modification time."""
+  return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in Path(folder).rglob("*")}
+
+
+def test_main_writes_fits_and_figures_where_out_points_never_in_the_workdir(
+    tmp_path, monkeypatch, capsys):
+  workdir = write_workdir(tmp_path / "run", paper_like_rows(), restart_results())
+  before = listing(workdir)
+  cn.main(["critical_n", f"--workdir={workdir}", f"--out={tmp_path / 'fig' / 'a'}"])
+  assert json.loads((tmp_path / "fig" / "a.fit.json").read_text())[str(workdir)]["degree"] == 3
+  assert (tmp_path / "fig" / "a.png").stat().st_size > 0
+  assert (tmp_path / "fig" / "a.pdf").stat().st_size > 0
   assert "r²" in capsys.readouterr().out
+  monkeypatch.chdir(tmp_path)  # the default --out: the current directory
+  cn.main(["critical_n", f"--workdir={workdir}"])
+  assert {p.name for p in tmp_path.iterdir()} >= {"critical_n.png", "critical_n.fit.json"}
+  assert listing(workdir) == before
+
+
+def test_plot_on_bad_results_writes_nothing(tmp_path):
+  workdir = write_workdir(tmp_path / "run", paper_like_rows(), restart_results())
+  with (workdir / "results.jsonl").open("a") as f:
+    f.write(json.dumps(dict(d=4, n=10, k=2, seed=0, success="yes", stop_reason="success",
+                            stop_step=5)) + "\n")
+  before = listing(tmp_path)
+  with pytest.raises(SystemExit) as info:
+    cn.main(["critical_n", f"--workdir={workdir}", f"--out={tmp_path / 'fig'}"])
+  assert str(info.value.code).startswith(f"error: {workdir / 'results.jsonl'}: line ")
+  assert "field 'success' is \"yes\", not a bool" in str(info.value.code)
+  assert listing(tmp_path) == before
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -232,7 +260,7 @@ def test_an_overlay_draws_lower_bounds_without_a_fit(tmp_path, capsys):
   paths = cn.report([fitted, bounded], tmp_path / "overlay")
   assert all(os.path.getsize(p) > 0 for p in paths)
   assert "drawn without a fit" in capsys.readouterr().out
-  assert (fitted / "fit.json").exists() and not (bounded / "fit.json").exists()
+  assert set(json.loads((tmp_path / "overlay.fit.json").read_text())) == {str(fitted)}
   with pytest.raises(ValueError, match="critical_n.csv"):
     cn.report([bounded], tmp_path / "alone")
 
