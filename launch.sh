@@ -16,6 +16,7 @@ readonly REMOTE_VENV='~/sweep-venv'
 usage_short() {
   printf '%s\n' \
     "usage: ./launch.sh [--dry-run] [local] [CONFIG] [WORKDIR] [-- SWEEP_FLAGS...]" \
+    "       ./launch.sh [--dry-run] plan DEVICE [CONFIG] [-- SWEEP_FLAGS...]" \
     "       ./launch.sh [--dry-run] tpu NAME ZONE [CONFIG] [WORKDIR] [-- SWEEP_FLAGS...]" \
     "       ./launch.sh [--dry-run] tpu-create NAME ZONE TYPE [VERSION] [-- GCLOUD_FLAGS...]" \
     "       ./launch.sh --help"
@@ -30,6 +31,12 @@ usage() {
     "              only if sweep is not installed there), then run" \
     "              sweep run --config=CONFIG --workdir=WORKDIR SWEEP_FLAGS..." \
     "              defaults: CONFIG=experiments/quick.py WORKDIR=runs/quick. The default mode." \
+    "  plan        the preflight, on this machine: .venv as for local but with .[tpu]" \
+    "              (libtpu compiles for any TPU slice without one), then" \
+    "              sweep plan --config=CONFIG --device=DEVICE SWEEP_FLAGS..., e.g. DEVICE" \
+    "              tpu-v5e-8. It exits 3 when a d cannot be measured on DEVICE (its boundary" \
+    "              does not fit a chip): run it before tpu-create." \
+    "              default: CONFIG=experiments/paper.py." \
     "  tpu         on every worker of the TPU VM NAME in ZONE: copy this repository to" \
     "              ~/critical-n-sweep, create or reuse ~/sweep-venv with .[tpu], then run" \
     "              sweep run --multihost (with SWEEP_MULTIHOST=1) on all workers at once." \
@@ -44,7 +51,8 @@ usage() {
     "              v5litepod-* v2-alpha-tpuv5-lite, otherwise tpu-ubuntu2204-base." \
     "" \
     "CONFIG and WORKDIR are relative to the repository root (to ~/critical-n-sweep on TPU" \
-    "workers). Flags after -- go to sweep run (local, tpu) or gcloud (tpu-create), e.g." \
+    "workers). Flags after -- go to sweep run (local, tpu), sweep plan (plan) or gcloud" \
+    "(tpu-create), e.g." \
     "  ./launch.sh tpu my-tpu us-central2-b -- --config.dims='(4,5,6)'" \
     "" \
     "options:" \
@@ -134,6 +142,12 @@ case "$mode" in
     config=${positional[0]:-experiments/quick.py}
     workdir=${positional[1]:-runs/quick}
     ;;
+  plan)
+    need 1 DEVICE
+    at_most 2
+    device=${positional[0]}
+    config=${positional[1]:-experiments/paper.py}
+    ;;
   tpu)
     need 2 NAME ZONE
     at_most 4
@@ -160,7 +174,7 @@ case "$mode" in
     version=${positional[3]:-$default_version}
     ;;
   *)
-    die "unknown mode '$mode' (expected local, tpu or tpu-create)"
+    die "unknown mode '$mode' (expected local, plan, tpu or tpu-create)"
     ;;
 esac
 
@@ -175,16 +189,30 @@ esac
 repo=$(cd "$script_dir" && pwd -P)
 
 # ---- modes -------------------------------------------------------------------------------
-launch_local() {
-  local venv=$repo/.venv
+venv=$repo/.venv
+
+# local_venv: .venv in the repository, created once.
+local_venv() {
   run cd "$repo"
   if [[ ! -x "$venv/bin/python" ]]; then
     run "${PYTHON:-python3}" -m venv "$venv"
   fi
+}
+
+launch_local() {
+  local_venv
   if [[ ! -x "$venv/bin/sweep" ]]; then
     run "$venv/bin/python" -m pip install -e "$repo"
   fi
   run "$venv/bin/sweep" run --config="$config" --workdir="$workdir" ${extra[@]+"${extra[@]}"}
+}
+
+launch_plan() {
+  local_venv
+  if ! "$venv/bin/python" -c "import libtpu, sweep" >/dev/null 2>&1; then
+    run "$venv/bin/python" -m pip install -e "${repo}[tpu]"
+  fi
+  run "$venv/bin/sweep" plan --config="$config" --device="$device" ${extra[@]+"${extra[@]}"}
 }
 
 launch_tpu() {
@@ -236,6 +264,7 @@ launch_tpu_create() {
 
 case "$mode" in
   local) launch_local ;;
+  plan) launch_plan ;;
   tpu) launch_tpu ;;
   tpu-create) launch_tpu_create ;;
 esac

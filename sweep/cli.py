@@ -20,6 +20,7 @@ from sweep import config as config_lib
 from sweep import compilation, construct
 from sweep import driver as driver_lib
 from sweep import geometry, hardware
+from sweep import lock as lock_lib
 from sweep import store as store_lib
 from sweep.store import Store
 
@@ -60,7 +61,7 @@ def _start_processes() -> bool:
   return True
 
 
-def _hold_workdir(store: Store, writer: bool) -> store_lib.WorkdirLock | None:
+def _hold_workdir(store: Store, writer: bool) -> lock_lib.WorkdirLock | None:
   """The writer (process 0) locks the workdir for the whole run; the other processes only
   learn whether it did, so a refused run stops everywhere with one line."""
   import jax
@@ -68,13 +69,13 @@ def _hold_workdir(store: Store, writer: bool) -> store_lib.WorkdirLock | None:
   if writer:
     try:
       lock = store.lock()
-    except store_lib.WorkdirLocked as error:
+    except lock_lib.WorkdirLocked as error:
       refusal = error
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     held = multihost_utils.broadcast_one_to_all(np.int32(lock is not None))
     if not held and refusal is None:
-      refusal = store_lib.WorkdirLocked(f"process 0 could not lock {store.workdir}")
+      refusal = lock_lib.WorkdirLocked(f"process 0 could not lock {store.workdir}")
   if refusal is not None:
     _fail(refusal)
   return lock
@@ -88,7 +89,7 @@ def resume_command() -> str:
   return shlex.join(program + _command_line[1:])
 
 
-def _release(store: Store, lock: store_lib.WorkdirLock | None) -> Exception | None:
+def _release(store: Store, lock: lock_lib.WorkdirLock | None) -> Exception | None:
   """Close the checkpoints and release the lock, each tried; the first error, if any."""
   errors = []
   for cleanup in (store.close, lock.release if lock is not None else lambda: None):
@@ -183,8 +184,11 @@ def fit_qrels(argv) -> None:
     print(f"{shape}, no critical d: the deciding probe d={report['bracket'][0]} ended with "
           f"NaN, inf or zero-norm values, so nothing was measured")
     return
-  print(f"{shape}, critical d = {report['critical_d']} (d = {report['critical_d']} trains every "
-        f"relevant set, d = {report['critical_d'] - 1} does not)")
+  critical = report["critical_d"]
+  why = (f"d = {critical} trains every relevant set" if report["critical_d_trained"] else
+         f"d = {critical} needs no training: {critical} orthonormal documents, each query the "
+         f"sum of its relevant ones")
+  print(f"{shape}, critical d = {critical} ({why}, d = {critical - 1} does not)")
   bounds = report["geometry"]
   span = (f"exactly d = {bounds['lower_d']}" if bounds["exact"] else
           f"{bounds['lower_d']} <= d <= {bounds['upper_d']}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import fcntl
 import gc
 import importlib.metadata
 import io
@@ -26,11 +25,9 @@ import logging
 import math
 import os
 import platform
-import socket
 import sys
 import threading
 import time
-import uuid
 import zipfile
 import zlib
 import warnings
@@ -40,6 +37,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+
+from sweep import lock as lock_lib
+from sweep.lock import is_object_store
 
 CRITICAL_N_COLUMNS = ("d", "k", "critical_n", "max_success_n", "lo", "hi", "done", "probes",
                       "critical_n_certified", "geometric_critical_n", "status")
@@ -51,12 +51,9 @@ RESULT_KEY = ("d", "n", "k", "seed")
 RECORD_FIELDS = {"d": int, "n": int, "k": int, "seed": int, "success": bool,
                  "stop_reason": str, "stop_step": int}
 _RECORD_SHAPE = ", ".join(f"{field} ({kind.__name__})" for field, kind in RECORD_FIELDS.items())
-_OBJECT_STORES = ("gs://", "s3://")
 # Fields that change how a sweep runs but not what it finds; a resumed run may change them.
 # qrels is where the relevance file lies; its content is bound by qrels_sha256.
 RUN_ONLY_FIELDS = ("checkpoint_every_s", "label", "qrels", "store_deadline_s")
-LOCK_NAME = "lock.json"
-LEASE_SECONDS = 120.0  # an object-store lease not renewed for this long is taken over
 RESTORE_TRIES = 3
 KEEP_CHECKPOINTS = 2
 STORE_DEADLINE_S = 300.0  # one checkpoint read, write or listing; a store silent longer is gone
@@ -77,10 +74,6 @@ def _first_of_each(records: list[dict]) -> list[dict]:
   """`records` without repeats of a configuration, in order (the first one kept)."""
   seen = set()
   return [r for r in records if not (result_key(r) in seen or seen.add(result_key(r)))]
-
-
-def is_object_store(path) -> bool:
-  return str(path).startswith(_OBJECT_STORES)
 
 
 def environment() -> dict:
@@ -210,148 +203,6 @@ def parse_critical_n(text: str, source) -> list[dict]:
   except csv.Error as error:
     raise ValueError(f"{source}: malformed CSV: {error}") from None
   return rows
-
-
-# -- the lock -----------------------------------------------------------------------------
-
-
-class WorkdirLocked(RuntimeError):
-  """Another run holds the workdir."""
-
-
-def _holder_text(holder: dict) -> str:
-  if not holder:
-    return f"its {LOCK_NAME} was removed, so its holder is unknown"
-  started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(holder.get("started", 0)))
-  text = f"pid {holder.get('pid')} on {holder.get('host')}, started {started}"
-  if holder.get("expires", 0) > time.time():  # a lease: taken over once it runs out
-    text += f", lease renewed until {holder['expires'] - time.time():.0f} s from now"
-  return text
-
-
-def _process_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
-def _holder_gone(holder: dict, now: float) -> bool:
-  """A holder that cannot be running: its lease ran out, or its process on this host died."""
-  if holder.get("expires", math.inf) < now:
-    return True
-  return holder.get("host") == socket.gethostname() and not _process_alive(holder["pid"])
-
-
-@dataclasses.dataclass
-class WorkdirLock:
-  """One writer per workdir.
-
-  On a local disk the workdir directory itself is held with flock (the kernel drops the lock
-  when its process dies, so a lock left by a killed run is simply taken over, and a user
-  cannot delete a directory's lock by accident); WORKDIR/lock.json only names the holder. On
-  an object store it is a lease object the holder renews every LEASE_SECONDS / 4; a lease not
-  renewed for LEASE_SECONDS, or held by a dead process on this host, is taken over, and a
-  holder whose lease was deleted or taken over stops. An object store has no atomic create
-  here, so two runs starting within a second of each other are told apart by reading the
-  lease back after writing it.
-  """
-  path: epath.Path
-  lease_seconds: float = LEASE_SECONDS
-  lost: bool = False  # another run took the lease over: this one must stop writing
-  _started: float = 0.0
-  _token: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
-  _directory: int | None = None  # the flocked descriptor of a local workdir
-  _stop: threading.Event = dataclasses.field(default_factory=threading.Event)
-  _renewer: threading.Thread | None = None
-
-  def _record(self, now: float) -> dict:
-    """The holder; a lease also says until when it holds (a lock file holds while flocked)."""
-    record = dict(pid=os.getpid(), host=socket.gethostname(), started=self._started,
-                  token=self._token)
-    if is_object_store(self.path):
-      record.update(renewed=now, expires=now + self.lease_seconds)
-    return record
-
-  def acquire(self) -> str | None:
-    """Hold the lock, or raise WorkdirLocked naming the holder. Returns a note when a lock
-    left by a run that is gone was taken over."""
-    self._started = time.time()
-    previous = read_lock(self.path)
-    if is_object_store(self.path):
-      self._acquire_lease(previous)
-    else:
-      self._acquire_file(previous)
-    if previous:
-      return f"took over the lock of {_holder_text(previous)}, which is no longer running"
-    return None
-
-  def _refuse(self, holder: dict) -> None:
-    raise WorkdirLocked(f"{self.path.parent} is in use by another run ({_holder_text(holder)}); "
-                        f"wait for it to finish or stop it (lock {self.path})")
-
-  def _acquire_file(self, previous: dict | None) -> None:
-    self.path.parent.mkdir(parents=True, exist_ok=True)
-    directory = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-      fcntl.flock(directory, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      os.close(directory)
-      self._refuse(read_lock(self.path) or {})
-    self._directory = directory
-    write_text(self.path, json.dumps(self._record(time.time())) + "\n")
-
-  def _acquire_lease(self, previous: dict | None) -> None:
-    if previous and not _holder_gone(previous, time.time()):
-      self._refuse(previous)
-    self.path.write_text(json.dumps(self._record(time.time())))
-    time.sleep(1.0)  # a run that wrote at the same moment has written by now
-    current = read_lock(self.path)
-    if current is None or current.get("token") != self._token:
-      self._refuse(current or {})
-    self._renewer = threading.Thread(target=self._renew, daemon=True)
-    self._renewer.start()
-
-  def _renew(self) -> None:
-    while not self._stop.wait(self.lease_seconds / 4):
-      try:
-        current = read_lock(self.path)
-        if current is None or current.get("token") != self._token:
-          taker = "was deleted" if current is None else f"was taken over by {_holder_text(current)}"
-          logging.error("the lease %s %s; stopping", self.path, taker)
-          self.lost = True
-          return
-        self.path.write_text(json.dumps(self._record(time.time())))
-      except OSError as error:  # a hiccup: the lease lasts 4 renewals
-        logging.warning("could not renew the lease %s: %s", self.path, error)
-
-  def release(self) -> None:
-    if self._renewer is not None:
-      self._stop.set()
-      self._renewer.join()
-    current = read_lock(self.path)
-    if current and current.get("token") == self._token:
-      self.path.unlink()  # before the flock goes: the next holder writes its own
-    if self._directory is not None:
-      os.close(self._directory)
-      self._directory = None
-
-
-def read_lock(path) -> dict | None:
-  """The holder recorded in a lock file or lease, or None when there is none."""
-  path = epath.Path(path)
-  forget_listings(path)
-  try:
-    text = path.read_text()
-  except FileNotFoundError:
-    return None
-  try:
-    return json.loads(text) if text.strip() else None
-  except json.JSONDecodeError:
-    return None  # a lease half-written by a killed run holds nothing
 
 
 # -- configs ----------------------------------------------------------------------------
@@ -489,15 +340,15 @@ class Store:
     self.results_parts = self.workdir / "results"
     self.critical_n_path = self.workdir / "critical_n.csv"
     self.config_path = self.workdir / "config.json"
-    self.lock_path = self.workdir / LOCK_NAME
+    self.lock_path = self.workdir / lock_lib.LOCK_NAME
     self._checkpoints: ocp.CheckpointManager | None = None
     self._next_part: int | None = None
 
   # -- the lock ---------------------------------------------------------------------------
 
-  def lock(self) -> WorkdirLock:
-    """The workdir's lock, held (raises WorkdirLocked naming the holder otherwise)."""
-    lock = WorkdirLock(self.lock_path)
+  def lock(self) -> lock_lib.WorkdirLock:
+    """The workdir's lock, held (raises lock.WorkdirLocked naming the holder otherwise)."""
+    lock = lock_lib.WorkdirLock(self.lock_path)
     note = lock.acquire()
     if note:
       logging.warning("%s", note)
@@ -505,10 +356,10 @@ class Store:
 
   def holder(self) -> dict | None:
     """Who holds the lock now, with `running` False for a lock its holder left behind."""
-    holder = read_lock(self.lock_path)
+    holder = lock_lib.read_lock(self.lock_path)
     if holder is None:
       return None
-    return {**holder, "running": not _holder_gone(holder, time.time())}
+    return {**holder, "running": not lock_lib.holder_gone(holder)}
 
   # -- config -----------------------------------------------------------------------------
 

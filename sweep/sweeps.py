@@ -183,10 +183,13 @@ class CriticalD:
     to_d = lambda c: None if c is None else self._d(c)
     margins = dict(certified.get(self.KEY, []))
     critical = summary["critical_n"]
+    probed = {c for c, _ in state.outcomes}
     return dict(
         source=self.config.qrels, queries=self.relevance.num_queries,
         documents=self.num_documents, max_relevant=int(self.relevance.relevant_counts.max()),
         critical_d=to_d(summary["critical_n"]), smallest_success_d=to_d(summary["max_success_n"]),
+        # The search's floor, d = documents, is never trained: it holds by construction.
+        critical_d_trained=critical is not None and critical in probed,
         bracket=[to_d(summary["hi"]), to_d(summary["lo"])], done=summary["done"],
         probes=[dict(d=self._d(c), success=ok) for c, ok in sorted(state.outcomes, reverse=True)],
         certificate=None if critical not in margins else dict(

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from sweep.store import read_lock
+from sweep.lock import read_lock
 from test_driver import uninterrupted, wait_for, write_config_file
 
 DIMS = (2, 3, 4)

@@ -125,6 +125,31 @@ def test_local_dry_run_passes_arguments():
                           "--config.k=3"]
 
 
+def test_plan_dry_run_installs_libtpu_and_runs_the_preflight():
+  cmds = commands(launch("--dry-run", "plan", "tpu-v5e-8"))
+  assert cmds[-1][0].endswith("/.venv/bin/sweep")
+  assert cmds[-1][1:] == ["plan", "--config=experiments/paper.py", "--device=tpu-v5e-8"]
+  installs = [c for c in cmds if c[1:4] == ["-m", "pip", "install"]]
+  if installs:  # skipped where .venv already has libtpu
+    assert installs[0][-1] == f"{REPO}[tpu]"
+  cmds = commands(launch("plan", "h100", "experiments/quick.py", "--dry-run", "--", "--json"))
+  assert cmds[-1][1:] == ["plan", "--config=experiments/quick.py", "--device=h100", "--json"]
+
+
+def test_plan_exits_with_the_plans_status(tmp_path):
+  """Not a dry run: .venv/bin/sweep stands in for the plan that refuses (status 3)."""
+  repo = tmp_path / "repo"
+  (repo / ".venv" / "bin").mkdir(parents=True)
+  shutil.copy(LAUNCH, repo / "launch.sh")
+  write_exe(repo / ".venv" / "bin" / "python", "#!/usr/bin/env bash\nexit 0\n")
+  write_exe(repo / ".venv" / "bin" / "sweep",
+            "#!/usr/bin/env bash\necho \"$@\" > \"$(dirname \"$0\")/args\"\nexit 3\n")
+  result = launch("plan", "tpu-v5e-1", env={**os.environ}, script=repo / "launch.sh", cwd=repo)
+  assert result.returncode == 3
+  assert (repo / ".venv" / "bin" / "args").read_text().split() == [
+      "plan", "--config=experiments/paper.py", "--device=tpu-v5e-1"]
+
+
 def test_help():
   for flag in ("-h", "--help"):
     result = launch(flag)
@@ -139,6 +164,8 @@ def test_help():
     (["--dry-run", "tpu", "", "z"], "empty"),
     (["frobnicate"], "unknown mode"),
     (["--dry-run", "local", "a", "b", "c"], "too many arguments"),
+    (["--dry-run", "plan"], "missing argument DEVICE"),
+    (["--dry-run", "plan", "tpu-v5e-8", "a", "b"], "too many arguments"),
     (["local", "--config.k=3"], "unknown option"),
 ])
 def test_usage_errors(args, message):

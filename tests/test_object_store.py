@@ -6,6 +6,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 import uuid
 
@@ -13,7 +15,7 @@ import pytest
 from etils import epath
 
 from sweep import driver as driver_lib
-from sweep import store as store_lib
+from sweep import lock as lock_lib
 from sweep.store import Store
 from test_driver import sweep, tiny_config, uninterrupted, wait_for, write_config_file
 
@@ -34,7 +36,7 @@ def test_a_gs_sweep_killed_and_resumed_equals_a_local_run(tmp_path, gcs_bucket):
   killed.send_signal(signal.SIGKILL)
   killed.communicate(timeout=60)
   assert not all(r["done"] for r in store.read_critical_n())  # the kill cut the sweep short
-  assert store_lib.read_lock(store.lock_path)["pid"] == killed.pid  # its lease, left behind
+  assert lock_lib.read_lock(store.lock_path)["pid"] == killed.pid  # its lease, left behind
 
   resumed = sweep(*args)
   out, err = resumed.communicate(timeout=300)
@@ -44,7 +46,7 @@ def test_a_gs_sweep_killed_and_resumed_equals_a_local_run(tmp_path, gcs_bucket):
   assert store.critical_n_path.read_text() == expected_table
   parts = list(epath.Path(f"{workdir}/results").iterdir())
   assert len(parts) > 1 and not epath.Path(f"{workdir}/results.jsonl").exists()
-  assert store.checkpoints.all_steps() and store_lib.read_lock(store.lock_path) is None
+  assert store.checkpoints.all_steps() and lock_lib.read_lock(store.lock_path) is None
 
   status = sweep("status", f"--workdir={workdir}", "--json")
   status_out, err = status.communicate(timeout=120)
@@ -58,46 +60,96 @@ def test_a_gs_sweep_killed_and_resumed_equals_a_local_run(tmp_path, gcs_bucket):
     assert epath.Path(f"{workdir}-figure/{name}").stat().length > 0, name
 
 
-def lease(path, host, expires_in):
-  epath.Path(path).write_text(json.dumps(dict(pid=1, host=host, started=time.time() - 60,
-                                              token="theirs", expires=time.time() + expires_in)))
+def lease_of_another_run(path):
+  """A lease written now by another run, through the same conditional create."""
+  lease = lock_lib._LeaseObject(epath.Path(path))
+  lease.write(dict(pid=1, host="other-host", started=time.time() - 60, token="theirs"), 0)
+  return lease
 
 
 def test_a_live_lease_refuses_and_an_expired_one_is_taken_over(gcs_bucket):
   store = Store(f"{gcs_bucket}/leased-{uuid.uuid4().hex[:8]}")
-  lease(store.lock_path, "other-host", expires_in=100)
-  with pytest.raises(store_lib.WorkdirLocked, match="in use by another run \\(pid 1 on other-host"):
+  lease_of_another_run(store.lock_path)
+  with pytest.raises(lock_lib.WorkdirLocked, match="in use by another run \\(pid 1 on other-host"
+                     ".*lease renewed [0-9]+ s ago by the store's clock"):
     store.lock()
-  lease(store.lock_path, "other-host", expires_in=-1)
-  lock = store.lock()
-  held = store_lib.read_lock(store.lock_path)
+  time.sleep(2.5)  # by the store's clock, which counts whole seconds
+  lock = lock_lib.WorkdirLock(store.lock_path, lease_seconds=1.0)
+  assert "took over the lock of pid 1 on other-host" in lock.acquire()
+  held = lock_lib.read_lock(store.lock_path)
   assert held["host"] == socket.gethostname() and held["token"] != "theirs"
   lock.release()
-  assert store_lib.read_lock(store.lock_path) is None
+  assert lock_lib.read_lock(store.lock_path) is None  # released: the next run takes it at once
+  store.lock().release()
 
 
 def test_the_holder_renews_its_lease_and_stops_when_it_is_taken(gcs_bucket):
   path = epath.Path(f"{gcs_bucket}/renewed-{uuid.uuid4().hex[:8]}/lock.json")
-  lock = store_lib.WorkdirLock(path, lease_seconds=1.0)
+  lock = lock_lib.WorkdirLock(path, lease_seconds=1.0)
   lock.acquire()
-  first = store_lib.read_lock(path)["expires"]
+  lease = lock_lib._LeaseObject(path)
+  generation = lease.read()[0]
   time.sleep(0.6)
-  assert store_lib.read_lock(path)["expires"] > first and not lock.lost
-  lease(path, "other-host", expires_in=100)  # another run decided this one was gone
-  time.sleep(0.6)
+  generation, holder, _ = lease.read()
+  assert holder["token"] != "theirs" and not lock.lost
+  assert generation != lease.write(dict(pid=1, host="other-host", token="theirs"), generation)
+  time.sleep(0.6)  # another run took it over, under the precondition
   assert lock.lost
   lock.release()
-  assert store_lib.read_lock(path)["token"] == "theirs"  # the new holder's lease stays
+  assert lock_lib.read_lock(path)["token"] == "theirs"  # the new holder's lease stays
 
 
 def test_the_holder_stops_when_its_lease_is_deleted(gcs_bucket):
   path = epath.Path(f"{gcs_bucket}/deleted-{uuid.uuid4().hex[:8]}/lock.json")
-  lock = store_lib.WorkdirLock(path, lease_seconds=1.0)
+  lock = lock_lib.WorkdirLock(path, lease_seconds=1.0)
   lock.acquire()
   path.unlink()  # by hand, or by a cleanup: a second run could take the workdir now
   time.sleep(0.6)
   assert lock.lost
   lock.release()
+
+
+RACER = """
+import sys, time
+from sweep import lock
+print("ready", flush=True)
+start, held = float(sys.stdin.readline()), []
+for race in range(int(sys.argv[2])):
+  while time.time() < start + 0.3 * race:
+    time.sleep(0.001)
+  contender = lock.WorkdirLock(f"{sys.argv[1]}/race-{race}/lock.json")
+  try:
+    contender.acquire()
+    held.append(contender)
+    print(race, "won", flush=True)
+  except lock.WorkdirLocked:
+    print(race, "refused", flush=True)
+sys.stdin.readline()
+for contender in held:
+  contender.release()
+"""
+
+
+def test_two_runs_racing_for_a_lease_have_exactly_one_winner_every_time(gcs_bucket):
+  """Two processes start for the same gs:// workdir at the same moment, 20 times over; the
+  store's conditional create lets exactly one of them in each time. A winner keeps its lease,
+  so a late contender is refused too: the count holds however the two are scheduled."""
+  base, races = f"{gcs_bucket}/race-{uuid.uuid4().hex[:8]}", 20
+  racers = [subprocess.Popen([sys.executable, "-c", RACER, base, str(races)], text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(2)]
+  for racer in racers:
+    assert racer.stdout.readline().strip() == "ready"
+  start = time.time() + 0.5
+  for racer in racers:
+    racer.stdin.write(f"{start}\n")
+    racer.stdin.flush()
+  outcomes = [dict(racer.stdout.readline().split() for _ in range(races)) for racer in racers]
+  for racer in racers:
+    racer.stdin.write("\n")
+    racer.stdin.flush()
+    assert racer.wait(timeout=60) == 0
+  for race in map(str, range(races)):
+    assert sorted(o[race] for o in outcomes) == ["refused", "won"], race
 
 
 def closed_port_url() -> str:
@@ -129,7 +181,7 @@ def test_a_store_that_stops_answering_at_resume_ends_in_one_line(tmp_path, gcs_b
   assert time.monotonic() - started < 200
 
   waiting = sweep(*args, env=env)  # the default deadline: minutes
-  wait_for(lambda: store_lib.read_lock(store.lock_path) is not None, waiting, timeout=120)
+  wait_for(lambda: lock_lib.read_lock(store.lock_path) is not None, waiting, timeout=120)
   time.sleep(3)  # past the lock and config.json, into the checkpoint read
   waiting.send_signal(signal.SIGTERM)
   out, err = waiting.communicate(timeout=30)

@@ -173,6 +173,19 @@ def test_fit_qrels_finishes_where_the_critical_d_is_below_the_local_sweep(tmp_pa
   assert probes == {1, 2}
 
 
+def test_a_critical_d_at_the_number_of_documents_is_never_called_trained(tmp_path):
+  # Two documents, one relevant each: d = 1 is the only d below the search's floor (d = n,
+  # which holds by construction and is never trained). Its failure leaves critical d = 2.
+  (tmp_path / "q.jsonl").write_text("".join(ONE_EACH.splitlines(keepends=True)[:2]))
+  code, out, err = _fit(tmp_path / "q.jsonl", tmp_path / "w")
+  assert code == 0, err
+  probes = {r["d"] for r in map(json.loads, (tmp_path / "w" / "results.jsonl").open())}
+  assert probes == {1}
+  assert "critical d = 2 (d = 2 needs no training: 2 orthonormal documents" in out
+  assert "trains every" not in out
+  assert not json.loads((tmp_path / "w" / "critical_d.json").read_text())["critical_d_trained"]
+
+
 def test_a_workdir_is_bound_to_the_content_of_its_qrels(tmp_path):
   path = tmp_path / "q.jsonl"
   path.write_text(ONE_EACH)

@@ -10,16 +10,17 @@ import jax
 import numpy as np
 import pytest
 
+from sweep import lock as lock_lib
 from sweep import store as store_lib
 from sweep.store import Store
 
 
 def test_a_held_lock_refuses_a_second_holder_naming_the_first(tmp_path):
   first = Store(str(tmp_path)).lock()
-  with pytest.raises(store_lib.WorkdirLocked, match=f"in use by another run \\(pid {os.getpid()} on "):
+  with pytest.raises(lock_lib.WorkdirLocked, match=f"in use by another run \\(pid {os.getpid()} on "):
     Store(str(tmp_path)).lock()
   first.release()
-  assert store_lib.read_lock(tmp_path / "lock.json") is None
+  assert lock_lib.read_lock(tmp_path / "lock.json") is None
   Store(str(tmp_path)).lock().release()  # free again once released
 
 
@@ -29,15 +30,15 @@ def test_the_lock_of_a_killed_process_is_taken_over(tmp_path):
       "print('held', flush=True); time.sleep(600)"), str(tmp_path)],
       stdout=subprocess.PIPE, text=True)
   assert holder.stdout.readline().strip() == "held"
-  with pytest.raises(store_lib.WorkdirLocked, match=f"pid {holder.pid} on "):
+  with pytest.raises(lock_lib.WorkdirLocked, match=f"pid {holder.pid} on "):
     Store(str(tmp_path)).lock()
   assert Store(str(tmp_path)).holder()["running"]
   holder.kill()
   holder.wait()
   assert not Store(str(tmp_path)).holder()["running"]
-  lock = store_lib.WorkdirLock(tmp_path / "lock.json")
+  lock = lock_lib.WorkdirLock(tmp_path / "lock.json")
   assert f"took over the lock of pid {holder.pid}" in lock.acquire()
-  assert store_lib.read_lock(tmp_path / "lock.json")["pid"] == os.getpid()
+  assert lock_lib.read_lock(tmp_path / "lock.json")["pid"] == os.getpid()
   lock.release()
 
 
