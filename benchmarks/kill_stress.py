@@ -11,10 +11,13 @@ the checkpoint that follows every append (a single small write() is too short to
 last line is then cut in half, which is what a kill inside the append leaves, only when no
 checkpoint completed after the append, so the state is one a kill can leave); the moment a
 resume rewrites results.jsonl after half its lines were removed (the rebuild from the
-checkpoint); and a resume after config.json was deleted. At the end results.jsonl (without
-wall times) and critical_n.csv must equal the uninterrupted run's, and the checkpoints folder
-must hold two checkpoints and nothing else. Several minutes on a 2-core CPU: each resume
-imports JAX and compiles again.
+checkpoint); and a resume after config.json was deleted. Then one resume against a checkpoint
+store that does not answer: a file of the newest checkpoint is replaced by a named pipe, whose
+reads block as a network store that is gone does; with store_deadline_s = 2 the run must end
+by itself, in one line, and move nothing. At the end results.jsonl (without wall times) and
+critical_n.csv must equal the uninterrupted run's, and the checkpoints folder must hold two
+checkpoints and nothing else. Several minutes on a 2-core CPU: each resume imports JAX and
+compiles again.
 """
 
 
@@ -179,6 +182,33 @@ KILL_POINTS = [
 ]
 
 
+def unanswering_store(config: Path, workdir: Path, deadline_s: float = 2.0) -> tuple[bool, str]:
+  """Resume while the newest checkpoint's driver state cannot be read (its file a named pipe
+  that nobody writes: every read waits forever). (passed, what happened): the run must exit
+  non-zero within its tries' deadlines, its last line saying so and no traceback, and leave
+  the checkpoints as they were."""
+  newest = max((n for n in checkpoint_names(workdir) if n.isdigit()), key=int)
+  item = workdir / "checkpoints" / newest / "driver" / "metadata"
+  aside = item.with_name("metadata.aside")
+  item.rename(aside)
+  os.mkfifo(item)
+  before = checkpoint_names(workdir)
+  started = time.monotonic()
+  try:
+    done = subprocess.run([sys.executable, "-m", "sweep.cli", "run", f"--config={config}",
+                           f"--workdir={workdir}", f"--config.store_deadline_s={deadline_s}"],
+                          capture_output=True, text=True, timeout=300)
+  finally:
+    item.unlink()
+    aside.rename(item)
+  seconds = time.monotonic() - started
+  lines = done.stderr.strip().splitlines()
+  passed = (done.returncode != 0 and "Traceback" not in done.stderr and bool(lines)
+            and "could not be read after 3 tries" in lines[-1]
+            and checkpoint_names(workdir) == before)
+  return passed, f"exit {done.returncode} after {seconds:.0f} s: {lines[-1] if lines else ''}"
+
+
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--kills", type=int, default=20)
@@ -217,6 +247,7 @@ def main() -> int:
     note = note() if callable(note) else note
     if note:
       notes[note] += 1
+  store_ok, store_note = unanswering_store(config, workdir)
   final, _ = start(config, workdir)
   final.wait()
   same = outcome(workdir) == expected
@@ -224,9 +255,11 @@ def main() -> int:
   print(f"kill points tried: {tried} (the sweep finished before {finished_early} more), "
         f"{time.monotonic() - started:.0f} s; " + "; ".join(f"{name}: {count}"
                                                             for name, count in notes.items()))
+  print(f"a resume while the checkpoint store does not answer (deadline 2 s): "
+        f"{'as promised' if store_ok else 'NOT as promised'}, {store_note}")
   print(f"results.jsonl and critical_n.csv equal the uninterrupted run's: {same}; "
         f"checkpoints left: {tidy}")
-  return 0 if same and len(tidy) == 2 and all(n.isdigit() for n in tidy) else 1
+  return 0 if store_ok and same and len(tidy) == 2 and all(n.isdigit() for n in tidy) else 1
 
 
 if __name__ == "__main__":
