@@ -67,7 +67,11 @@ def test_two_processes_write_one_results_file(tmp_path, reference):
   assert outcomes(workdir) == reference
 
 
-def test_a_checkpoint_of_four_devices_resumes_on_one(tmp_path, reference):
+def test_a_checkpoint_of_four_devices_resumes_on_one(tmp_path):
+  """The checkpoint moves across device counts and the sweep ends. Its outcomes are not
+  compared with a one-device run: a program partitioned over four devices rounds differently
+  from one on a single device (~1e-6 a step), so a probe at the very edge of its boundary may
+  end the other way, depending on when the stop came (README, "Every device, every host")."""
   config = write_config_file(tmp_path / "tiny.py", dims=DIMS)
   workdir = tmp_path / "moved"
   args = [f"--config={config}", f"--workdir={workdir}"]
@@ -75,5 +79,12 @@ def test_a_checkpoint_of_four_devices_resumes_on_one(tmp_path, reference):
   wait_for(lambda: (workdir / "results.jsonl").exists(), first)
   first.send_signal(signal.SIGTERM)
   assert "resume" in finish(first)
+  before = (workdir / "results.jsonl").read_text().splitlines()
   assert "resumed" in finish(sweep(args, devices=1))
-  assert outcomes(workdir) == reference
+  lines = (workdir / "results.jsonl").read_text().splitlines()
+  assert before and lines[:len(before)] == before  # what four devices found is kept as it was
+  keys = [tuple(json.loads(line)[f] for f in ("d", "n", "k", "seed")) for line in lines]
+  assert len(set(keys)) == len(keys) > len(before)
+  rows = (workdir / "critical_n.csv").read_text().splitlines()[1:]
+  assert [int(row.split(",")[0]) for row in rows] == list(DIMS)
+  assert all(row.endswith((",measured", ",ceiling")) for row in rows)
