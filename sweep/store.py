@@ -275,7 +275,8 @@ def _drop_closed_loop_callbacks(default_hook):
 def _quiet_libraries():
   """Only CRITICAL from the checkpoint libraries' loggers while a checkpoint call runs; the
   tasks and coroutines a failed call left are collected (their noise dropped) before the
-  levels return. Closed-loop callbacks come later, so their filter stays once installed."""
+  levels return (only then: a collection costs about half a second in a JAX process).
+  Closed-loop callbacks come later, so their filter stays once installed."""
   if not getattr(sys.unraisablehook, "drops_closed_loop_callbacks", False):
     sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
   loggers = [logging.getLogger(name) for name in _CHECKPOINT_LOGGERS]
@@ -284,10 +285,12 @@ def _quiet_libraries():
     logger.setLevel(logging.CRITICAL)
   try:
     yield
-  finally:
-    with warnings.catch_warnings():  # the coroutines a failed read left never awaited
+  except BaseException:
+    with warnings.catch_warnings():  # the coroutines a failed call left never awaited
       warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
       gc.collect()
+    raise
+  finally:
     for logger, level in zip(loggers, levels):
       logger.setLevel(level)
 
