@@ -321,8 +321,8 @@ def format_plan(plan: dict) -> str:
   lines = [
       f"device {plan['device']} x {plan['chips']}: {plan['peak_tflops']:.1f} TFLOP/s at "
       f"matmul precision {plan['precision']}, {plan['bandwidth_tb_s']:.3f} TB/s, "
-      f"{plan['memory_gb_per_chip'] * 1e9 / 2**30:.0f} GiB per chip; {plan['compiled_shapes']} shapes compiled; "
-      f"a bucket holds at most {plan['bucket_gb']:.1f} GB (memory_budget_mb, all chips), "
+      f"{plan['memory_gb_per_chip'] * 1e9 / 2**30:.2f} GiB per chip; {plan['compiled_shapes']} shapes compiled; "
+      f"a bucket holds at most {plan['bucket_gb'] * 1e9 / 2**30:.2f} GiB (memory_budget_mb, all chips), "
       f"{plan['slots_per_bucket']} slots a bucket",
       compiler_note(plan),
       f"steps per probe: success {plan['steps_model']['success']:,.0f}, failure "
