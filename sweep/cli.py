@@ -19,7 +19,7 @@ from ml_collections import config_flags
 from sweep import config as config_lib
 from sweep import compilation, construct
 from sweep import driver as driver_lib
-from sweep import geometry, hardware
+from sweep import geometry, hardware, targets
 from sweep import lock as lock_lib
 from sweep import store as store_lib
 from sweep.store import Store
@@ -122,8 +122,8 @@ def _sweep(config) -> Store | None:
     lock = _hold_workdir(store, writer)
     finished = driver.run(stop_requested=lambda: bool(stop) or lost(),
                           progress=print if writer else lambda _: None)
-    if writer and finished and config.protocol != "construction":
-      stats = driver.stats()
+    stats = driver.stats()
+    if writer and finished and stats["slot_steps_computed"]:  # nothing trained, nothing to say
       print(f"slot occupancy {stats['slot_occupancy']:.0%} (slot-steps of running configurations "
             f"/ slot-steps computed), padding efficiency {stats['padding_efficiency']:.0%} (real / "
             f"padded cells of those steps); {compiles.summary()}")
@@ -158,16 +158,11 @@ def run(argv) -> None:
   if store is None:
     return
   for r in store.read_critical_n():
-    if r["status"] == "nonfinite":
-      print(f"d={r['d']}: no critical n: the deciding probe n={r['hi']} ended with NaN, inf "
-            f"or zero-norm values (stop_reason nonfinite in results.jsonl), so nothing was "
-            f"measured")
-      continue
-    critical = {"measured": r["critical_n"], "open": "-",
-                "ceiling": f"at least {r['lo']} (no failure up to max_n)"}[r["status"]]
-    print(f"d={r['d']}: critical n = {critical} (largest success {r['max_success_n'] or '-'}, "
-          f"certified {r['critical_n_certified'] or '-'}, probes {r['probes']}); "
-          f"geometry: {r['geometric_critical_n']}")
+    print(f"d={r['d']}: {targets.critical_n_text(r)}" + (
+        "" if r["status"] == "nonfinite" else
+        f" (largest success {r['max_success_n'] or '-'}, certified "
+        f"{r['critical_n_certified'] or '-'}, probes {r['probes']}); geometry: "
+        f"{r['geometric_critical_n']}"))
   _draw_figure(store)
 
 
@@ -231,12 +226,10 @@ def status(argv) -> None:
   if stats:
     print(f"slot occupancy {stats['slot_occupancy']:.0%}, padding efficiency "
           f"{stats['padding_efficiency']:.0%}")
-  print(f"{'d':>4} {'k':>3} {'bracket':>12} {'critical_n':>10} {'max_success':>11} "
-        f"{'probes':>6}  state")
+  print(f"{'d':>4} {'k':>3} {'max_success':>11} {'probes':>6}  answer")
   for r in rows:
-    bracket = f"[{r['lo']}, {r['hi'] or '?'}]"
-    print(f"{r['d']:>4} {r['k']:>3} {bracket:>12} {r['critical_n'] or '-':>10} "
-          f"{r['max_success_n'] or '-':>11} {r['probes']:>6}  {r['status']}")
+    print(f"{r['d']:>4} {r['k']:>3} {r['max_success_n'] or '-':>11} {r['probes']:>6}  "
+          f"{targets.critical_n_text(r)}")
 
 
 def verify(argv) -> None:

@@ -9,8 +9,7 @@ import math
 
 from ml_collections import ConfigDict
 
-from sweep import objective
-from sweep import trainer as T
+from sweep.problems import LOSS_FORMS, MATMUL_PRECISIONS, TrainSettings
 
 
 def default_config() -> ConfigDict:
@@ -78,21 +77,28 @@ def validate_config(config: ConfigDict) -> None:
            "free or centroid for a qrels fit (the construction is for top-k sets)")
     _check(min(dims) >= 2 * config.k, "dims", dims,
            f"every d >= 2k = {2 * config.k} for protocol {config.protocol!r}")
-  _check(config.loss in objective.LOSS_FORMS, "loss", config.loss, f"one of {objective.LOSS_FORMS}")
-  _check(config.matmul_precision in objective.PRECISIONS, "matmul_precision",
-         config.matmul_precision, f"one of {tuple(objective.PRECISIONS)}")
+  _check(config.loss in LOSS_FORMS, "loss", config.loss, f"one of {LOSS_FORMS}")
+  _check(config.matmul_precision in MATMUL_PRECISIONS, "matmul_precision",
+         config.matmul_precision, f"one of {MATMUL_PRECISIONS}")
+  _check(_is_optax_optimizer(config.optimizer), "optimizer", config.optimizer,
+         "the name of an optax optimizer that takes learning_rate")
   _check(config.start_n == 0 or config.start_n > config.k, "start_n", config.start_n,
          "0 (automatic) or > k")
   _check(config.max_n == 0 or config.max_n >= max(config.start_n, config.k + 1), "max_n",
          config.max_n, "0 (automatic) or >= start_n and > k")
-  try:
-    settings_of(config)
-  except ValueError as error:
-    raise ValueError(f"config.{error}") from None
 
 
-def settings_of(config: ConfigDict) -> T.TrainSettings:
-  return T.TrainSettings(loss=config.loss, optimizer=config.optimizer, max_steps=config.max_steps,
+def _is_optax_optimizer(name) -> bool:
+  """Whether optax has an optimizer of this name that takes a learning rate (optax imports
+  JAX, so only a run's validation pays for it, never loading a config file)."""
+  import inspect
+  import optax
+  factory = getattr(optax, name, None) if isinstance(name, str) else None
+  return callable(factory) and "learning_rate" in inspect.signature(factory).parameters
+
+
+def settings_of(config: ConfigDict) -> TrainSettings:
+  return TrainSettings(loss=config.loss, optimizer=config.optimizer, max_steps=config.max_steps,
                          patience=config.patience, min_delta=config.min_delta,
                          eval_every=config.eval_every, chunk_evals=config.chunk_evals,
                          centroid_queries=config.protocol == "centroid",

@@ -21,10 +21,10 @@ import functools
 import jax
 import jax.numpy as jnp
 
-LOSS_FORMS = ("code", "paper")
+from sweep.problems import LOSS_FORMS, MATMUL_PRECISIONS
+
 # Matmul precision of training, by name: what each computes per device is in the README.
-PRECISIONS = {"highest": jax.lax.Precision.HIGHEST, "high": jax.lax.Precision.HIGH,
-              "default": jax.lax.Precision.DEFAULT}
+PRECISIONS = {name: jax.lax.Precision[name.upper()] for name in MATMUL_PRECISIONS}
 # The automatic block: the most query rows whose scores take at most this many bytes. On a
 # CPU, blocks about the size of the L2 caches (measured on a 2-core EPYC, 1 MiB L2 per
 # core): 2 MiB blocks beat 1 MiB ones by up to 15% at d = 16-32 and come within 7% of the
@@ -227,10 +227,6 @@ def infonce_loss(queries, documents, relevance, num_queries, num_documents, temp
   documents, averaged over queries, as the paper writes it. `tile` is the query block
   (0 = automatic) and `precision` the matmul precision by name (PRECISIONS).
   """
-  if form not in LOSS_FORMS:
-    raise ValueError(f"loss={form!r} is not allowed: choose one of {LOSS_FORMS}")
-  if precision not in PRECISIONS:
-    raise ValueError(f"precision={precision!r} is not allowed: choose one of {tuple(PRECISIONS)}")
   rows = query_tile(queries.shape[0], documents.shape[0], tile)
   return _infonce(form, rows, PRECISIONS[precision], queries, documents, relevance,
                   num_queries, num_documents, jnp.asarray(temperature, queries.dtype))

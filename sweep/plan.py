@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sweep import batching, hardware, memory, objective, scheduler, search, sweeps
+from sweep import batching, hardware, memory, objective, problems, scheduler, search, targets
 from sweep import trainer as T
 from sweep.config import settings_of, validate_config
 
@@ -208,14 +208,14 @@ def calibrate(records, source: str) -> StepModel:
   return StepModel(success, failure, per_d, f"{source} ({len(trained)} results)")
 
 
-def boundary_check(sweep: sweeps.CriticalN, settings: T.TrainSettings, d: int,
+def boundary_check(sweep: targets.CriticalN, settings: T.TrainSettings, d: int,
                    start_cost: ShapeCost, device: Device, devices: tuple | None) -> dict | None:
   """Where d's expected boundary (the search's start n before any memory cap) cannot be
   trained, what stops it: one slot of its shape, one slot per chip, beyond the chip's memory,
   or beyond memory_budget_mb. None where it fits."""
   config = sweep.config
   boundary = sweep.start_n(d)
-  shape = batching.shape_class(sweep.configuration(sweeps.Probe(d, boundary, config.seed)))
+  shape = batching.shape_class(sweep.configuration(problems.Probe(d, boundary, config.seed)))
   budget = config.memory_budget_mb * 2**20
   limit = min(device.memory, budget)
   # Its inputs alone may not fit (exact, no compile); else the compiled program decides.
@@ -250,9 +250,9 @@ def plan_sweep(config, device: Device, steps: StepModel = StepModel(), workers: 
   compiler, devices = compile_target(device)
   if devices:  # what the TPU compiler will let a program use, as a VM reports it
     device = dataclasses.replace(device, memory=hardware.chip_memory_bytes(devices[0]))
-  sweep = sweeps.CriticalN(config)
+  sweep = targets.CriticalN(config)
   replays = [replay(config, int(key.removeprefix("d=")), spec) for key, spec in sweep.specs().items()]
-  shape_of = lambda d, n: batching.shape_class(sweep.configuration(sweeps.Probe(d, n, config.seed)))
+  shape_of = lambda d, n: batching.shape_class(sweep.configuration(problems.Probe(d, n, config.seed)))
   # Each search's probes lie around its start n, mostly in its shape; compiling only the
   # start shapes keeps the plan to one pair of compiles per distinct shape of the sweep.
   start_shapes = {r.d: shape_of(r.d, r.boundary) for r in replays}

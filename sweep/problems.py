@@ -5,10 +5,14 @@ where queries have fewer relevant documents than the table is wide. The top-k pr
 paper is the table of all k-subsets of n documents. Its rows are in colex order (ordered by
 the largest element first), so the queries over n documents are exactly the first C(n, k)
 rows of the table built for any larger n: one table serves every n of a padded bucket.
+
+Also the plain data that names what is trained, with no JAX: a search's Probe, a slot's
+Configuration, a bucket's padded BucketShape and the static TrainSettings of the protocol.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -16,6 +20,8 @@ import math
 import numpy as np
 
 PAD = -1  # marks an unused entry of a relevance table
+LOSS_FORMS = ("code", "paper")
+MATMUL_PRECISIONS = ("highest", "high", "default")  # names of jax.lax.Precision values
 
 
 def validate_problem(d: int, n: int, k: int, num_queries: int | None = None) -> None:
@@ -80,3 +86,94 @@ def config_streams(seed: int, d: int, n: int, k: int) -> tuple[np.random.Generat
   """
   queries, documents = np.random.SeedSequence([seed, d, n, k]).spawn(2)
   return np.random.default_rng(queries), np.random.default_rng(documents)
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+  """One configuration a search asks for: a restart (seed) of a point (d, n)."""
+  d: int
+  n: int
+  seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+  """The static part of the protocol; defaults are the reference's (docs/PROTOCOL.md)."""
+  loss: str = "code"
+  optimizer: str = "adam"
+  max_steps: int = 100_000
+  patience: int = 1000
+  min_delta: float = 1e-5
+  eval_every: int = 50
+  chunk_evals: int = 20  # evaluation blocks per device call
+  # Learn documents only; each query is the normalised centroid of its relevant documents
+  # (the protocol of arXiv 2601.20844), instead of a free vector.
+  centroid_queries: bool = False
+  # Query rows per block of the loss and the evaluation (0 = automatic, objective.query_tile).
+  query_tile: int = 0
+  # The training matmul's precision (MATMUL_PRECISIONS); evaluation is always "highest".
+  matmul_precision: str = "highest"
+
+
+@dataclasses.dataclass(frozen=True)
+class Configuration:
+  """One training job: the top-k problem over n documents in d dimensions.
+
+  `num_queries` subsamples the C(n, k) queries (seeded); None takes them all. `table`, a
+  relevance table over the n documents (a dataset's qrels), replaces the top-k problem;
+  k is then its width, the largest number of relevant documents of a query.
+  """
+  d: int
+  n: int
+  k: int = 2
+  seed: int = 42
+  learning_rate: float = 0.01
+  temperature: float = 0.1
+  num_queries: int | None = None
+  table: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+  # Start from the closed-form construction (sweep/construct.py) plus this much Gaussian
+  # noise, instead of from noise alone: does the optimiser keep a solution it is handed?
+  warm_noise: float | None = None
+
+  def __post_init__(self):
+    if self.table is None:
+      validate_problem(self.d, self.n, self.k, self.num_queries)
+    else:
+      validate_table(self.table, self.d, self.n, self.k)
+    if self.warm_noise is not None and (self.warm_noise < 0 or self.d < 2 * self.k):
+      raise ValueError(f"warm_noise={self.warm_noise} at d={self.d} is out of range: need "
+                       f"warm_noise >= 0 and d >= 2k = {2 * self.k} (the construction's dimension)")
+
+  @property
+  def query_count(self) -> int:
+    if self.table is not None:
+      return len(self.table)
+    return self.num_queries or math.comb(self.n, self.k)
+
+  def relevance(self) -> np.ndarray:
+    if self.table is not None:
+      return self.table
+    return topk_relevance(self.n, self.k, self.num_queries, self.seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class BucketShape:
+  """The padded shape of a bucket: slots x (queries, documents, dims); width = max |R|."""
+  slots: int
+  queries: int
+  documents: int
+  dims: int
+  width: int
+
+  @classmethod
+  def fitting(cls, configs, slots: int | None = None, devices: int = 1) -> "BucketShape":
+    """The smallest shape holding every configuration, its slots a multiple of `devices`."""
+    return cls(slots=slots or -(-len(configs) // devices) * devices,
+               queries=max(c.query_count for c in configs),
+               documents=max(c.n for c in configs),
+               dims=max(c.d for c in configs),
+               width=max(c.k for c in configs))
+
+  def holds(self, config: Configuration) -> bool:
+    return (config.query_count <= self.queries and config.n <= self.documents
+            and config.d <= self.dims and config.k <= self.width)

@@ -14,8 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from sweep.sweeps import Probe
-from sweep.trainer import BucketShape
+from sweep.problems import BucketShape, Probe
 
 
 @dataclasses.dataclass
@@ -66,6 +65,18 @@ def target_shape(own: BucketShape, known: list[BucketShape]) -> BucketShape:
   return min(holding, key=lambda s: (cells(s), known.index(s)), default=own)
 
 
+def target_shapes(own: list[BucketShape], known: list[BucketShape]):
+  """(shapes, known): the single-slot shape each probe of a queue trains in, its class being
+  `own`, taken in queue order, and the shapes known after them (a new class becomes known)."""
+  known, shapes = list(known), []
+  for shape in own:
+    shape = target_shape(shape, known)
+    if shape not in known:
+      known.append(shape)
+    shapes.append(shape)
+  return shapes, known
+
+
 def slots_per_bucket(bucket_slots: int, restarts: int, platform: str, devices: int) -> int:
   """Slots of every bucket: config.bucket_slots, or automatically one per device on a CPU
   (where single-slot programs run side by side on its cores and no slot ever idles) and
@@ -75,9 +86,10 @@ def slots_per_bucket(bucket_slots: int, restarts: int, platform: str, devices: i
   return per_device * devices
 
 
-def arrange(buckets: list[Bucket], queue: list[Probe], shape_of: Callable[[Probe], BucketShape],
+def arrange(buckets: list[Bucket], queue: list[Probe], shapes: list[BucketShape],
             slots_per_bucket: int, max_slots: int, fits: Callable[[list[BucketShape]], bool]):
-  """(placements, queue): queued probes placed into the buckets of their shape.
+  """(placements, queue): queued probes placed into the buckets of their shape (`shapes`,
+  parallel to the queue: see target_shapes).
 
   Every bucket has slots_per_bucket slots, so each shape is one compiled program however
   many probes it serves. Probes are taken in queue order into the free slots of their
@@ -90,8 +102,8 @@ def arrange(buckets: list[Bucket], queue: list[Probe], shape_of: Callable[[Probe
   origin = [[(i, j) if p is not None else None for j, p in enumerate(b.slots)]
             for i, b in enumerate(buckets)]
   waiting, blocked = [], set()
-  for probe in queue:
-    shape = dataclasses.replace(shape_of(probe), slots=slots_per_bucket)
+  for probe, shape in zip(queue, shapes):
+    shape = dataclasses.replace(shape, slots=slots_per_bucket)
     free = [(b, j) for b in arranged if b.shape == shape for j, p in enumerate(b.slots) if p is None]
     if shape not in blocked and not free:
       shapes = [b.shape for b in arranged if b.probes] + [shape]

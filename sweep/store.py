@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
+import functools
 import gc
 import importlib.metadata
 import io
@@ -39,14 +39,12 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from sweep import lock as lock_lib
+from sweep.ledger import result_key
 from sweep.lock import is_object_store
 
 CRITICAL_N_COLUMNS = ("d", "k", "critical_n", "max_success_n", "lo", "hi", "done", "probes",
                       "critical_n_certified", "geometric_critical_n", "status")
-# Columns every critical_n.csv has had; later ones may be missing in an older workdir.
-_REQUIRED_COLUMNS = ("d", "k", "critical_n", "max_success_n", "lo", "hi", "done", "probes")
 _INT_COLUMNS = ("d", "k", "critical_n", "max_success_n", "lo", "hi", "critical_n_certified")
-RESULT_KEY = ("d", "n", "k", "seed")
 # The fields of a result record that resuming, status, plan and plot read, and their types.
 RECORD_FIELDS = {"d": int, "n": int, "k": int, "seed": int, "success": bool,
                  "stop_reason": str, "stop_step": int}
@@ -64,10 +62,6 @@ _CHECKPOINT_LOGGERS = ("absl", "asyncio", "orbax", "tensorstore", "jax")
 # Status codes of errors that say the store, not the checkpoint, failed (tensorstore, gRPC).
 _TRANSIENT_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED",
                     "CANCELLED", "UNAUTHENTICATED", "PERMISSION_DENIED")
-
-
-def result_key(record: dict) -> tuple:
-  return tuple(record[field] for field in RESULT_KEY)
 
 
 def _first_of_each(records: list[dict]) -> list[dict]:
@@ -175,34 +169,35 @@ def _typed_cell(source, line: int, column: str, text: str):
                      f"{text!r}") from None
 
 
-def _derived_status(row: dict) -> str:
-  """The status of a row written before critical_n.csv had that column."""
-  if not row["done"]:
-    return "open"
-  return "measured" if row["critical_n"] is not None else "ceiling"
-
-
 def parse_critical_n(text: str, source) -> list[dict]:
   """critical_n.csv rows with typed values: ints (None where empty), `done` a bool."""
   try:
     reader = csv.DictReader(io.StringIO(text))
     if reader.fieldnames is None:
       raise ValueError(f"{source}: empty file, expected header {','.join(CRITICAL_N_COLUMNS)}")
-    missing = [c for c in _REQUIRED_COLUMNS if c not in reader.fieldnames]
+    missing = [c for c in CRITICAL_N_COLUMNS if c not in reader.fieldnames]
     if missing:
       raise ValueError(f"{source}: missing column(s) {', '.join(missing)}")
     rows = []
     for raw in reader:
       if None in raw or any(raw[c] is None for c in reader.fieldnames):
         raise ValueError(f"{source}: line {reader.line_num}: wrong number of fields")
-      row = {c: _typed_cell(source, reader.line_num, c, raw[c]) for c in reader.fieldnames}
-      row.setdefault("critical_n_certified", None)
-      row.setdefault("geometric_critical_n", None)
-      row["status"] = row.get("status") or _derived_status(row)
-      rows.append(row)
+      rows.append({c: _typed_cell(source, reader.line_num, c, raw[c]) for c in reader.fieldnames})
   except csv.Error as error:
     raise ValueError(f"{source}: malformed CSV: {error}") from None
   return rows
+
+
+def critical_n_csv(rows: list[dict]) -> str:
+  """critical_n.csv's text: empty cells for None, lower-case booleans."""
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, CRITICAL_N_COLUMNS, lineterminator="\n")
+  writer.writeheader()
+  for row in rows:
+    writer.writerow({key: "" if row[key] is None else
+                     str(row[key]).lower() if isinstance(row[key], bool) else row[key]
+                     for key in CRITICAL_N_COLUMNS})
+  return buffer.getvalue()
 
 
 # -- configs ----------------------------------------------------------------------------
@@ -295,6 +290,15 @@ def _quiet_libraries():
       logger.setLevel(level)
 
 
+def _writer_only(write):
+  """A write that only the writer process makes; on the others it does nothing."""
+  @functools.wraps(write)
+  def guarded(self, *args, **kwargs):
+    if self.writer:
+      write(self, *args, **kwargs)
+  return guarded
+
+
 def bounded(call: Callable[[], object], what: str, deadline_s: float,
             stop_requested: Callable[[], bool] = lambda: False):
   """call()'s result, computed in a worker thread while this one keeps answering signals.
@@ -375,8 +379,10 @@ class Store:
   def claim(self, config: dict) -> None:
     """Check that the workdir was made by this same config, then write config.json."""
     self.check_config(config)
-    if not self.writer:
-      return
+    self._write_config(config)
+
+  @_writer_only
+  def _write_config(self, config: dict) -> None:
     write_text(self.config_path, json.dumps(
         {"config": _as_stored(config), "environment": environment()}, indent=2,
         sort_keys=True) + "\n")
@@ -406,10 +412,8 @@ class Store:
 
   def read_results(self) -> list[dict]:
     """Every finished configuration's record, in the order written (either form)."""
-    if self.object_store:  # a whole results.jsonl object first: workdirs of older versions
-      forget_listings(self.workdir)
-      legacy = [self.results_path] if self.results_path.exists() else []
-      return [r for part in legacy + self._parts()
+    if self.object_store:
+      return [r for part in self._parts()
               for r in parse_records(part.read_text(), part, torn_tail_ok=False)]
     if not self.results_path.exists():
       return []
@@ -432,10 +436,14 @@ class Store:
     """
     present = self.read_results()
     records = _first_of_each(counted + present)
+    self._repair_results(present, records)
+    return {result_key(r): r for r in records}
+
+  @_writer_only
+  def _repair_results(self, present: list[dict], records: list[dict]) -> None:
+    """Write what `records` hold and `present` (the results as read) lacks."""
     written = {result_key(r) for r in present}
     missing = [r for r in records if result_key(r) not in written]
-    if not self.writer:
-      return {result_key(r): r for r in records}
     repeats = len(present) - len(_first_of_each(present))
     changes = [f"rebuilt {len(missing)} line(s) from the checkpoint"] if missing else []
     if self.object_store:
@@ -451,10 +459,10 @@ class Store:
     if changes:
       logging.warning("%s: %s", self.results_parts if self.object_store else self.results_path,
                       "; ".join(changes))
-    return {result_key(r): r for r in records}
 
+  @_writer_only
   def append_results(self, records: list[dict]) -> None:
-    if not (records and self.writer):
+    if not records:
       return
     lines = "".join(strict_json(r) + "\n" for r in records)
     if self.object_store:
@@ -469,17 +477,13 @@ class Store:
 
   # -- tables, reports, witnesses, figures ------------------------------------------------
 
-  def write_critical_n(self, rows: list[dict]) -> None:
-    if not self.writer:
-      return
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, CRITICAL_N_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-      writer.writerow({key: "" if row[key] is None else
-                       str(row[key]).lower() if isinstance(row[key], bool) else row[key]
-                       for key in CRITICAL_N_COLUMNS})
-    write_text(self.critical_n_path, buffer.getvalue())
+  @_writer_only
+  def write_report(self, name: str, report) -> None:
+    """A target's report (targets.py): critical_n.csv, its rows; critical_d.json, one object."""
+    if name == self.critical_n_path.name:
+      write_text(self.critical_n_path, critical_n_csv(report))
+    else:
+      self.write_json(name, report)
 
   def read_critical_n(self) -> list[dict]:
     """critical_n.csv with typed values (see parse_critical_n)."""
@@ -488,10 +492,6 @@ class Store:
       raise FileNotFoundError(f"{self.critical_n_path}: not found (is {self.workdir} a sweep "
                               f"workdir?)")
     return parse_critical_n(self.critical_n_path.read_text(), self.critical_n_path)
-
-  def write_critical_d(self, report: dict) -> None:
-    if self.writer:
-      self.write_json("critical_d.json", report)
 
   def read_critical_d(self) -> dict:
     path = self.workdir / "critical_d.json"
@@ -508,18 +508,17 @@ class Store:
     write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
     return path
 
+  @_writer_only
   def write_witness(self, name: str, arrays: dict) -> None:
     """witnesses/NAME.npz: embeddings that retrieve every relevant set, for `sweep verify`."""
-    if not self.writer:
-      return
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     write_bytes(self.workdir / "witnesses" / f"{name}.npz", buffer.getvalue())
 
+  @_writer_only
   def write_stats(self, stats: dict) -> None:
     """run_stats.json: the sweep's efficiency figures so far (slot occupancy, padding)."""
-    if self.writer:
-      self.write_json("run_stats.json", stats)
+    self.write_json("run_stats.json", stats)
 
   def read_stats(self) -> dict | None:
     forget_listings(self.workdir)

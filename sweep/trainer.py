@@ -12,11 +12,8 @@ traced arrays, so one compiled program serves every batch of a bucket shape.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import functools
-import inspect
-import math
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +23,7 @@ from flax import struct
 from jax.experimental import multihost_utils
 
 from sweep import construct, objective, problems
+from sweep.problems import BucketShape, Configuration, TrainSettings
 
 
 class StopReason(enum.IntEnum):
@@ -40,119 +38,10 @@ class StopReason(enum.IntEnum):
   EMPTY = 5  # the slot holds no configuration
 
 
-def _optimizer_factory(name: str):
-  factory = getattr(optax, name, None)
-  if not callable(factory) or "learning_rate" not in inspect.signature(factory).parameters:
-    raise ValueError(
-        f"optimizer={name!r} is not allowed: need an optax optimizer that takes learning_rate")
-  return factory
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSettings:
-  """The static part of the protocol; defaults are the reference's (docs/PROTOCOL.md)."""
-  loss: str = "code"
-  optimizer: str = "adam"
-  max_steps: int = 100_000
-  patience: int = 1000
-  min_delta: float = 1e-5
-  eval_every: int = 50
-  chunk_evals: int = 20  # evaluation blocks per device call
-  # Learn documents only; each query is the normalised centroid of its relevant documents
-  # (the protocol of arXiv 2601.20844), instead of a free vector.
-  centroid_queries: bool = False
-  # Query rows per block of the loss and the evaluation (0 = automatic, objective.query_tile).
-  query_tile: int = 0
-  # The training matmul's precision (objective.PRECISIONS); evaluation is always "highest".
-  matmul_precision: str = "highest"
-
-  def __post_init__(self):
-    if self.loss not in objective.LOSS_FORMS:
-      raise ValueError(f"loss={self.loss!r} is not allowed: choose one of {objective.LOSS_FORMS}")
-    if self.matmul_precision not in objective.PRECISIONS:
-      raise ValueError(f"matmul_precision={self.matmul_precision!r} is not allowed: choose one "
-                       f"of {tuple(objective.PRECISIONS)}")
-    if self.query_tile < 0:
-      raise ValueError(f"query_tile={self.query_tile} is out of range: need >= 0 (0 = automatic)")
-    _optimizer_factory(self.optimizer)
-    for field in ("max_steps", "patience", "eval_every", "chunk_evals"):
-      if getattr(self, field) < 1:
-        raise ValueError(f"{field}={getattr(self, field)} is out of range: need >= 1")
-    if self.min_delta < 0:
-      raise ValueError(f"min_delta={self.min_delta} is out of range: need >= 0")
-
-  def optimizer_for(self, learning_rate) -> optax.GradientTransformation:
-    """The optimizer with its learning rate kept in its state, so each slot has its own."""
-    return optax.inject_hyperparams(_optimizer_factory(self.optimizer))(
-        learning_rate=learning_rate)
-
-
-@dataclasses.dataclass(frozen=True)
-class Configuration:
-  """One training job: the top-k problem over n documents in d dimensions.
-
-  `num_queries` subsamples the C(n, k) queries (seeded); None takes them all. `table`, a
-  relevance table over the n documents (a dataset's qrels), replaces the top-k problem;
-  k is then its width, the largest number of relevant documents of a query.
-  """
-  d: int
-  n: int
-  k: int = 2
-  seed: int = 42
-  learning_rate: float = 0.01
-  temperature: float = 0.1
-  num_queries: int | None = None
-  table: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
-  # Start from the closed-form construction (sweep/construct.py) plus this much Gaussian
-  # noise, instead of from noise alone: does the optimiser keep a solution it is handed?
-  warm_noise: float | None = None
-
-  def __post_init__(self):
-    if self.table is None:
-      problems.validate_problem(self.d, self.n, self.k, self.num_queries)
-    else:
-      problems.validate_table(self.table, self.d, self.n, self.k)
-    if not self.learning_rate > 0:
-      raise ValueError(f"learning_rate={self.learning_rate} is out of range: need > 0")
-    if not self.temperature > 0:
-      raise ValueError(f"temperature={self.temperature} is out of range: need > 0")
-    if self.warm_noise is not None and (self.warm_noise < 0 or self.d < 2 * self.k):
-      raise ValueError(f"warm_noise={self.warm_noise} at d={self.d} is out of range: need "
-                       f"warm_noise >= 0 and d >= 2k = {2 * self.k} (the construction's dimension)")
-
-  @property
-  def query_count(self) -> int:
-    if self.table is not None:
-      return len(self.table)
-    return self.num_queries or math.comb(self.n, self.k)
-
-  def relevance(self) -> np.ndarray:
-    if self.table is not None:
-      return self.table
-    return problems.topk_relevance(self.n, self.k, self.num_queries, self.seed)
-
-
-@dataclasses.dataclass(frozen=True)
-class BucketShape:
-  """The padded shape of a bucket: slots x (queries, documents, dims); width = max |R|."""
-  slots: int
-  queries: int
-  documents: int
-  dims: int
-  width: int
-
-  @classmethod
-  def fitting(cls, configs, slots: int | None = None) -> "BucketShape":
-    """The smallest shape holding every configuration, its slots a multiple of the devices."""
-    return cls(slots=slots or -(-len(configs) // jax.device_count()) * jax.device_count(),
-               queries=max(c.query_count for c in configs),
-               documents=max(c.n for c in configs),
-               dims=max(c.d for c in configs),
-               width=max(c.k for c in configs))
-
-  def holds(self, config: Configuration) -> bool:
-    return (config.query_count <= self.queries and config.n <= self.documents
-            and config.d <= self.dims and config.k <= self.width)
+def slot_optimizer(settings: TrainSettings, learning_rate) -> optax.GradientTransformation:
+  """The optax optimizer named by the settings (config validates the name), its learning rate
+  kept in its state so that each slot has its own."""
+  return optax.inject_hyperparams(getattr(optax, settings.optimizer))(learning_rate=learning_rate)
 
 
 @struct.dataclass
@@ -253,7 +142,7 @@ def _opt_state_structure(settings: TrainSettings, shape: BucketShape):
   """The optimizer state's shapes and dtypes for a bucket, traced once per bucket shape."""
   rows = lambda r: jax.ShapeDtypeStruct((shape.slots, r, shape.dims), jnp.float32)
   return jax.eval_shape(
-      jax.vmap(lambda p, lr: settings.optimizer_for(lr).init(p)),
+      jax.vmap(lambda p, lr: slot_optimizer(settings, lr).init(p)),
       (rows(shape.queries), rows(shape.documents)),
       jax.ShapeDtypeStruct((shape.slots,), jnp.float32))
 
@@ -324,7 +213,7 @@ def _real_rows(flags, count):
 def _slot_step(settings: TrainSettings, slot: Slots, state: TrainState) -> TrainState:
   params = (state.queries, state.documents)
   loss, grads = jax.value_and_grad(lambda p: slot_loss(settings, slot, p))(params)
-  optimizer = settings.optimizer_for(slot.learning_rate)
+  optimizer = slot_optimizer(settings, slot.learning_rate)
   updates, opt_state = optimizer.update(grads, state.opt_state, params)
   updated = optax.apply_updates(params, updates)
   dim_mask = jnp.arange(state.queries.shape[-1]) < slot.dims
@@ -469,7 +358,7 @@ def start_optimizer(settings: TrainSettings, slots: Slots, state: TrainState) ->
   """
   def start(slot, slot_state):
     fresh = slot_state.step == 0
-    init = settings.optimizer_for(slot.learning_rate).init(
+    init = slot_optimizer(settings, slot.learning_rate).init(
         (slot_state.queries, slot_state.documents))
     return slot_state.replace(opt_state=jax.tree.map(
         lambda a, b: jnp.where(fresh, a, b), init, slot_state.opt_state))
@@ -545,7 +434,7 @@ def embeddings(state: TrainState, slot: int, config: Configuration):
 
 def train(configs, settings: TrainSettings = TrainSettings(), return_embeddings: bool = False):
   """Train configurations together in one padded bucket until every one has stopped."""
-  shape = BucketShape.fitting(configs)
+  shape = BucketShape.fitting(configs, devices=jax.device_count())
   slots = place(pack(configs, shape))
   state = place(init_state(settings, shape, configs))
   while running(state).any():

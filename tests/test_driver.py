@@ -16,7 +16,7 @@ import pytest
 from sweep import config as config_lib
 from sweep import problems
 from sweep import driver as driver_lib
-from sweep import sweeps
+from sweep import targets
 from sweep.store import Store
 
 TINY = dict(dims=(2, 3), restarts=2, max_steps=3000, patience=300, eval_every=25,
@@ -228,8 +228,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
   store = Store(str(tmp_path))
   driver = driver_lib.Driver(config, store)
   driver.run(progress=lambda _: None)
-  first_state = driver.state.to_json()
-  driver.state.chunk += 1
+  first_state = driver.state_json()
+  driver.chunk += 1
   driver.checkpoint()
   latest = store.checkpoints.latest_step()
   for path in (tmp_path / "checkpoints" / str(latest) / "train").rglob("*"):
@@ -238,7 +238,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
   store.close()
   fresh = driver_lib.Driver(config, Store(str(tmp_path)))
   assert fresh.restore()
-  assert fresh.state.to_json() == first_state
+  assert fresh.state_json() == first_state
   assert "is corrupt" in caplog.text
   aside = tmp_path / f"checkpoint-{latest}.corrupt"
   assert (aside / "train").is_dir() and any(aside.rglob("*"))  # set aside, not deleted
@@ -272,10 +272,10 @@ def test_sampled_queries_cap_at_the_full_problem(tmp_path):
 
 
 def test_automatic_ceiling_follows_the_memory_budget():
-  small, large = (sweeps.CriticalN(tiny_config(memory_budget_mb=mb)).max_n(4) for mb in (1.0, 64.0))
+  small, large = (targets.CriticalN(tiny_config(memory_budget_mb=mb)).max_n(4) for mb in (1.0, 64.0))
   assert 3 <= small < large
   with pytest.raises(ValueError, match="memory_budget_mb"):
-    sweeps.CriticalN(tiny_config(memory_budget_mb=1e-4)).max_n(4)
+    targets.CriticalN(tiny_config(memory_budget_mb=1e-4)).max_n(4)
 
 
 def fit_matrix(tmp_path, matrix, **overrides):

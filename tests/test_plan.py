@@ -14,7 +14,7 @@ from test_driver import tiny_config
 
 def test_replay_closes_each_search_at_the_assumed_boundary():
   config = tiny_config(dims=(4,), start_n=6, local_sweep=1, probes_per_search=2)
-  spec = sweeps.CriticalN(config).specs()["d=4"]
+  spec = targets.CriticalN(config).specs()["d=4"]
   replayed = plan.replay(config, 4, spec)
   state = search.new_search(spec)
   for round_ in replayed.rounds:

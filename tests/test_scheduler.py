@@ -13,7 +13,7 @@ from sweep import config as config_lib
 from sweep import driver as driver_lib
 from sweep import trainer as T
 from sweep.store import Store
-from sweep.sweeps import Probe
+from sweep.problems import Probe
 
 
 def shape(q, n, d, slots=1):
@@ -25,7 +25,8 @@ SHAPES = {2: shape(8, 4, 2), 8: shape(448, 32, 8)}
 
 
 def arrange(buckets, queue, slots_per_bucket=2, max_slots=64, fits=lambda shapes: True):
-  return scheduler.arrange(buckets, queue, lambda p: SHAPES[p.d], slots_per_bucket, max_slots, fits)
+  return scheduler.arrange(buckets, queue, [SHAPES[p.d] for p in queue], slots_per_bucket,
+                           max_slots, fits)
 
 
 def test_probes_of_different_sizes_never_share_a_bucket():
@@ -105,7 +106,7 @@ def test_efficiency_figures_equal_a_hand_count_from_the_results(tmp_path):
   computed = sum(-(-s // 25) * 25 for s in steps)
   real = sum(r["stop_step"] * r["num_queries"] * r["n"] * r["d"] for r in records)
   padded = sum(r["stop_step"] * math.prod(r["padded_shape"]) for r in records)
-  work = driver.state.work
+  work = driver.pool.work
   assert work == dict(slot_steps_computed=computed, slot_steps_running=sum(steps),
                       cells_real=real, cells_padded=padded)
   stats = store.read_stats()

@@ -11,7 +11,7 @@ import sys
 import jax
 import pytest
 
-from sweep import batching, hardware, memory, plan, scheduler, sweeps
+from sweep import batching, hardware, memory, plan, problems, scheduler, targets
 from sweep import trainer as T
 from sweep.config import settings_of
 from test_driver import tiny_config
@@ -82,13 +82,13 @@ def test_the_plan_and_the_vm_choose_the_same_slots():
   assert planned == 16
 
   # The VM: the driver's scheduler with the slice's chips as its devices.
-  sweep, settings, devices = sweeps.CriticalN(config), settings_of(config), chips("tpu-v5e-4")
-  probes = [sweeps.Probe(12, 40, seed) for seed in range(64)]
-  shape_of = lambda probe: batching.shape_class(sweep.configuration(probe))
+  sweep, settings, devices = targets.CriticalN(config), settings_of(config), chips("tpu-v5e-4")
+  probes = [problems.Probe(12, 40, seed) for seed in range(64)]
+  shapes = [batching.shape_class(sweep.configuration(probe)) for probe in probes]
   per_bucket = scheduler.slots_per_bucket(config.bucket_slots, config.restarts,
                                           devices[0].platform, len(devices))
   placements, waiting = scheduler.arrange(
-      [], probes, shape_of, per_bucket, config.max_slots,
+      [], probes, shapes, per_bucket, config.max_slots,
       lambda shapes: batching.buckets_fit(shapes, config.memory_budget_mb, settings, devices))
   assert sum(len(p.bucket.probes) for p in placements) == planned
   assert len(waiting) == len(probes) - planned
@@ -104,7 +104,7 @@ def test_plan_refuses_a_dimension_whose_boundary_cannot_fit_a_chip():
   assert report["compiler"] == "tpu" and report["dims"][0]["lower_bound_only"]
   refusal = report["unmeasurable"][0]
   assert refusal["d"] == 120 and refusal["boundary_n"] == round(
-      sum(c * 120**i for i, c in enumerate(sweeps.PAPER_CUBIC)))  # the paper's cubic, uncapped
+      sum(c * 120**i for i, c in enumerate(targets.PAPER_CUBIC)))  # the paper's cubic, uncapped
   assert refusal["bytes_needed"] > refusal["chip_bytes"]
   last = done.stderr.strip().splitlines()[-1]
   assert last.startswith("cannot measure d=120") and refusal["shape"] in last

@@ -1,4 +1,5 @@
-"""What a sweep searches: how search coordinates become probes, configurations and reports.
+"""What a sweep searches: how search coordinates become probes, configurations and reports
+(data only; the driver writes them).
 
 The search module always sees a coordinate in which success lies below failure, starting
 from a known success (its floor). For the paper's experiment the coordinate is n, one search
@@ -10,24 +11,15 @@ num_documents − d, because success lies at large d; d = num_documents always s
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 from ml_collections import ConfigDict
 
 from sweep import batching, geometry, qrels, search
-from sweep import trainer as T
+from sweep.problems import Configuration, Probe
 
 # The paper's fit of its Table 6 (k = 2), used to start each search near its boundary.
 PAPER_CUBIC = (-10.5322, 4.0309, 0.0520, 0.0037)
-
-
-@dataclasses.dataclass(frozen=True)
-class Probe:
-  """One configuration to train: a restart of a search's probe point."""
-  d: int
-  n: int
-  seed: int
 
 
 def _training(config: ConfigDict) -> dict:
@@ -36,6 +28,8 @@ def _training(config: ConfigDict) -> dict:
 
 class CriticalN:
   """The paper's experiment: for each d, the largest n whose every top-k set trains."""
+
+  REPORT = "critical_n.csv"
 
   def __init__(self, config: ConfigDict):
     self.config = config
@@ -85,13 +79,13 @@ class CriticalN:
   def locate(self, probe: Probe) -> tuple[str, int]:
     return f"d={probe.d}", probe.n
 
-  def configuration(self, probe: Probe) -> T.Configuration:
+  def configuration(self, probe: Probe) -> Configuration:
     c = self.config
     sampled = 0 < c.num_queries < math.comb(probe.n, c.k)  # small n keep all their queries
-    return T.Configuration(d=probe.d, n=probe.n, k=c.k, seed=probe.seed,
-                           num_queries=c.num_queries if sampled else None,
-                           warm_noise=c.warm_noise if c.protocol == "warm" else None,
-                           **_training(c))
+    return Configuration(d=probe.d, n=probe.n, k=c.k, seed=probe.seed,
+                         num_queries=c.num_queries if sampled else None,
+                         warm_noise=c.warm_noise if c.protocol == "warm" else None,
+                         **_training(c))
 
   def rows(self, searches: dict[str, search.SearchState], certified: dict,
            nonfinite: frozenset = frozenset()) -> list[dict]:
@@ -119,21 +113,21 @@ class CriticalN:
       rows.append(row)
     return rows
 
-  def brackets(self, searches) -> str:
-    return " ".join(
-        f"d={r['d']}:{r['critical_n'] if r['critical_n'] is not None else '>=%d' % r['lo']}"
-        if r["done"] else
-        f"d={r['d']}:[{r['lo']},{r['hi'] if r['hi'] is not None else '?'}]"
-        for r in self.rows(searches, {}))
+  def report(self, searches, certified, nonfinite: frozenset = frozenset()) -> list[dict]:
+    return self.rows(searches, certified, nonfinite)
 
-  def write(self, store, searches, certified, nonfinite: frozenset = frozenset()) -> None:
-    store.write_critical_n(self.rows(searches, certified, nonfinite))
+  def progress(self, searches) -> str:
+    return " ".join(f"d={r['d']}: {critical_n_text(r)}" for r in self.rows(searches, {}))
+
+  def fixed_witnesses(self) -> dict[str, dict]:
+    return {}
 
 
 class CriticalD:
   """A fixed relevance matrix (a dataset's qrels): the smallest d at which it trains."""
 
   KEY = "qrels"
+  REPORT = "critical_d.json"
   GEOMETRY_WITNESS = "geometry"  # witnesses/geometry.npz: the upper bound's construction
 
   def __init__(self, config: ConfigDict):
@@ -151,7 +145,6 @@ class CriticalD:
     if self.num_documents < 2:
       raise ValueError(f"{config.qrels}: needs at least 2 documents to search a dimension")
     self.geometric_bounds = geometry.dimension_bounds(self.relevance)
-    self._geometry_saved = False
 
   def _d(self, coordinate: int) -> int:
     return self.num_documents - coordinate
@@ -170,21 +163,22 @@ class CriticalD:
   def locate(self, probe: Probe) -> tuple[str, int]:
     return self.KEY, self.num_documents - probe.d
 
-  def configuration(self, probe: Probe) -> T.Configuration:
-    return T.Configuration(d=probe.d, n=probe.n, k=self.relevance.table.shape[1],
-                           seed=probe.seed, table=self.relevance.table, **_training(self.config))
+  def configuration(self, probe: Probe) -> Configuration:
+    return Configuration(d=probe.d, n=probe.n, k=self.relevance.table.shape[1],
+                         seed=probe.seed, table=self.relevance.table, **_training(self.config))
 
-  def report(self, searches, certified) -> dict:
+  def report(self, searches, certified, nonfinite: frozenset = frozenset()) -> dict:
     """critical_d.json: the relevance source and shape, critical d, every probe, the
-    float64 certificate of the success at critical d (its witness file and margin), and
-    the geometric bounds on d (sweep/geometry.py)."""
+    float64 certificate of the success at critical d (its witness file and margin), the
+    geometric bounds on d (sweep/geometry.py), and the status: open, measured, or nonfinite
+    (the failure that decides the bracket had a restart that stopped as nonfinite)."""
     state = searches[self.KEY]
     summary = search.summary(state)
     to_d = lambda c: None if c is None else self._d(c)
     margins = dict(certified.get(self.KEY, []))
     critical = summary["critical_n"]
     probed = {c for c, _ in state.outcomes}
-    return dict(
+    report = dict(
         source=self.config.qrels, queries=self.relevance.num_queries,
         documents=self.num_documents, max_relevant=int(self.relevance.relevant_counts.max()),
         critical_d=to_d(summary["critical_n"]), smallest_success_d=to_d(summary["max_success_n"]),
@@ -195,27 +189,38 @@ class CriticalD:
         certificate=None if critical not in margins else dict(
             witness=f"witnesses/{self.KEY}.npz", margin64=margins[critical]),
         geometry=self.geometric_bounds.summary(f"witnesses/{self.GEOMETRY_WITNESS}.npz"))
-
-  def brackets(self, searches) -> str:
-    r = self.report(searches, {})
-    return (f"critical d = {r['critical_d']}" if r["done"] else
-            f"d in [{r['bracket'][0] or '?'}, {r['bracket'][1]}]")
-
-  def write(self, store, searches, certified, nonfinite: frozenset = frozenset()) -> None:
-    report = self.report(searches, certified)
     report["status"] = "measured" if report["done"] else "open"
     deciding = report["bracket"][0]  # the largest d that failed
     if report["done"] and deciding is not None and (deciding, self.num_documents) in nonfinite:
       report.update(critical_d=None, certificate=None, status="nonfinite")
-    store.write_critical_d(report)
-    if not self._geometry_saved:  # it depends on the relevance alone: once per run
-      bounds = self.geometric_bounds
-      store.write_witness(self.GEOMETRY_WITNESS, dict(
-          queries=bounds.queries, documents=bounds.documents, relevance=self.relevance.table,
-          d=bounds.upper, n=self.num_documents, margin64=bounds.margin64))
-      self._geometry_saved = True
+    return report
+
+  def progress(self, searches) -> str:
+    r = self.report(searches, {})
+    return (f"critical d = {r['critical_d']}" if r["done"] else
+            f"d in [{r['bracket'][0] or '?'}, {r['bracket'][1]}]")
+
+  def fixed_witnesses(self) -> dict[str, dict]:
+    """The geometric upper bound's construction: it depends on the relevance alone."""
+    bounds = self.geometric_bounds
+    return {self.GEOMETRY_WITNESS: dict(
+        queries=bounds.queries, documents=bounds.documents, relevance=self.relevance.table,
+        d=bounds.upper, n=self.num_documents, margin64=bounds.margin64)}
 
 
 def for_config(config: ConfigDict):
   """The sweep a config asks for: a qrels file's critical d, else critical n per d."""
   return CriticalD(config) if config.qrels else CriticalN(config)
+
+
+def critical_n_text(row: dict) -> str:
+  """A critical_n.csv row's answer in words, as progress lines, `sweep run` and `sweep
+  status` print it."""
+  if row["status"] == "nonfinite":
+    return (f"no critical n: the deciding probe n={row['hi']} ended with NaN, inf or zero-norm "
+            f"values (stop_reason nonfinite in results.jsonl), so nothing was measured")
+  if row["status"] == "ceiling":
+    return f"critical n >= {row['lo']} (no failure up to max_n)"
+  if row["status"] == "open":
+    return f"critical n in [{row['lo']}, {row['hi'] if row['hi'] is not None else '?'}]"
+  return f"critical n = {row['critical_n']}"
