@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 
 LOSS_FORMS = ("code", "paper")
-# Matmul precision of training, by name: what each computes per device is in the README.
+# Matmul precision of training, by name: what each computes per device is in
+# docs/planning-and-tpu.md, "What each device computes".
 PRECISIONS = {"highest": jax.lax.Precision.HIGHEST, "high": jax.lax.Precision.HIGH,
               "default": jax.lax.Precision.DEFAULT}
 # The automatic block: the most query rows whose scores take at most this many bytes. On a
