@@ -3,10 +3,10 @@
 A query q retrieves the set S of documents x_1..x_n exactly when min_{i in S} q.x_i >
 max_{j not in S} q.x_j: a hyperplane (affine, its offset being the threshold) strictly
 separates S from the other documents. Which n unit vectors in R^d let every k-subset be
-retrieved is convex geometry, not optimisation (README, "The geometric critical n"). This
-module gives that limit G(d, k) for every (d, k), documents and queries that attain it, an
-LP that re-checks any documents for every k-subset without being told the queries, and cheap
-exact bounds on the dimension a relevance matrix needs. It is numpy and scipy, no JAX.
+retrieved is convex geometry, not optimisation (docs/geometry.md, "The geometric critical
+n"). This module gives that limit G(d, k) for every (d, k), documents and queries that attain
+it, an LP that re-checks any documents for every k-subset without being told the queries, and
+cheap exact bounds on the dimension a relevance matrix needs. It is numpy and scipy, no JAX.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def critical_n(d: int, k: int) -> int | None:
   """G(d, k): the most unit-norm documents in R^d whose every k-subset some query retrieves.
 
   None when there is no limit (d >= 2k). Below it, max(A, k + floor(d/2)), where A = d + 2
-  if a Radon split of d + 2 documents avoids k, else d + 1 (README for the proof).
+  if a Radon split of d + 2 documents avoids k, else d + 1 (docs/geometry.md for the proof).
   """
   _check_positive("d", d)
   _check_positive("k", k)
@@ -118,7 +118,7 @@ def sum_queries(relevant: np.ndarray, documents: np.ndarray) -> np.ndarray:
   """[q, d] unit queries along the sum of each set's documents; relevant is bool [q, n].
 
   On a regular simplex, or on two centred simplices in orthogonal subspaces, this scores the
-  set strictly above the rest, except for the two simplices themselves (README).
+  set strictly above the rest, except for the two simplices themselves (docs/geometry.md).
   """
   queries = relevant @ documents
   return queries / np.linalg.norm(queries, axis=1, keepdims=True)

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 
 from sweep.problems import LOSS_FORMS, MATMUL_PRECISIONS
 
-# Matmul precision of training, by name: what each computes per device is in the README.
+# Matmul precision of training, by name: what each computes per device is in
+# docs/planning-and-tpu.md, "What each device computes".
 PRECISIONS = {name: jax.lax.Precision[name.upper()] for name in MATMUL_PRECISIONS}
 # The automatic block: the most query rows whose scores take at most this many bytes. On a
 # CPU, blocks about the size of the L2 caches (measured on a 2-core EPYC, 1 MiB L2 per

@@ -71,7 +71,8 @@ def test_a_checkpoint_of_four_devices_resumes_on_one(tmp_path):
   """The checkpoint moves across device counts and the sweep ends. Its outcomes are not
   compared with a one-device run: a program partitioned over four devices rounds differently
   from one on a single device (~1e-6 a step), so a probe at the very edge of its boundary may
-  end the other way, depending on when the stop came (README, "Every device, every host")."""
+  end the other way, depending on when the stop came (docs/planning-and-tpu.md,
+  "Every device, every host")."""
   config = write_config_file(tmp_path / "tiny.py", dims=DIMS)
   workdir = tmp_path / "moved"
   args = [f"--config={config}", f"--workdir={workdir}"]
