@@ -177,7 +177,8 @@ def test_workdir_of_another_config_is_refused_naming_the_fields(tmp_path):
     ("restarts", 0), ("learning_rate", 0.0), ("optimizer", "nope"), ("start_n", 2),
     ("memory_budget_mb", -1.0), ("learning_rate", math.inf), ("temperature", math.nan),
     ("min_delta", math.inf), ("warm_noise", math.nan), ("checkpoint_every_s", math.inf),
-    ("memory_budget_mb", math.inf)])
+    ("memory_budget_mb", math.inf), ("patience", -1), ("eval_every", 0), ("min_delta", -1.0),
+    ("matmul_precision", "fp8"), ("protocol", "oracle")])
 def test_bad_config_values_fail_in_one_line_before_work(field, value):
   config = tiny_config(**{field: value})
   with pytest.raises(ValueError, match=field) as error:

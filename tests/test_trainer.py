@@ -206,18 +206,7 @@ def test_one_bucket_shape_compiles_once_across_batches():
 
 
 @pytest.mark.parametrize("kwargs, field", [
-    (dict(loss="triplet"), "loss"), (dict(optimizer="nope"), "optimizer"),
-    (dict(max_steps=0), "max_steps"), (dict(patience=-1), "patience"),
-    (dict(eval_every=0), "eval_every"), (dict(min_delta=-1.0), "min_delta")])
-def test_settings_validation(kwargs, field):
-  with pytest.raises(ValueError, match=field):
-    T.TrainSettings(**kwargs)
-
-
-@pytest.mark.parametrize("kwargs, field", [
-    (dict(d=0, n=4), "d=0"), (dict(d=2, n=1), "n=1"), (dict(d=2, n=4, k=0), "k=0"),
-    (dict(d=2, n=4, learning_rate=0.0), "learning_rate"),
-    (dict(d=2, n=4, temperature=-1.0), "temperature")])
+    (dict(d=0, n=4), "d=0"), (dict(d=2, n=1), "n=1"), (dict(d=2, n=4, k=0), "k=0")])
 def test_configuration_validation(kwargs, field):
   with pytest.raises(ValueError, match=field):
     T.Configuration(**kwargs)
