@@ -17,6 +17,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from sweep import config as config_lib
+from sweep import checkpoints as checkpoints_lib
 from sweep import compilation, construct
 from sweep import driver as driver_lib
 from sweep import geometry, hardware, targets
@@ -127,17 +128,17 @@ def _sweep(config) -> Store | None:
       print(f"slot occupancy {stats['slot_occupancy']:.0%} (slot-steps of running configurations "
             f"/ slot-steps computed), padding efficiency {stats['padding_efficiency']:.0%} (real / "
             f"padded cells of those steps); {compiles.summary()}")
-  except store_lib.StopRequested as error:  # raised only once a signal came
+  except checkpoints_lib.StopRequested as error:  # raised only once a signal came
     if writer:
       print(f"stopped by signal {stop[0]} while {error} (nothing was moved or deleted); resume "
             f"with the same command: {resume_command()}")
     failure = error
   except OSError as error:  # e.g. an object store that cannot be reached
     failure = OSError(f"workdir {FLAGS.workdir}: {error}")
-  except (ValueError, store_lib.CheckpointUnreadable) as error:
+  except (ValueError, checkpoints_lib.CheckpointUnreadable) as error:
     failure = error
   cleanup_error = _release(store, lock)
-  if isinstance(failure, store_lib.StopRequested):
+  if isinstance(failure, checkpoints_lib.StopRequested):
     return None
   if failure is not None or cleanup_error is not None:
     _fail(failure or OSError(f"workdir {FLAGS.workdir}: while closing: {cleanup_error}"))

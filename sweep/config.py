@@ -5,6 +5,7 @@ This file is also the default `--config` of the CLI: `get_config()` returns the 
 
 from __future__ import annotations
 
+import json
 import math
 
 from ml_collections import ConfigDict
@@ -103,3 +104,32 @@ def settings_of(config: ConfigDict) -> TrainSettings:
                          eval_every=config.eval_every, chunk_evals=config.chunk_evals,
                          centroid_queries=config.protocol == "centroid",
                          query_tile=config.query_tile, matmul_precision=config.matmul_precision)
+
+
+# Fields that change how a sweep runs but not what it finds; a resumed run may change them.
+# qrels is where the relevance file lies; its content is bound by qrels_sha256.
+RUN_ONLY_FIELDS = ("checkpoint_every_s", "label", "qrels", "store_deadline_s")
+
+
+def as_stored(config: dict) -> dict:
+  """The config as JSON holds it (tuples are lists there), for comparing."""
+  return json.loads(json.dumps(config))
+
+
+class ConfigMismatch(ValueError):
+  """A workdir's config.json, checkpoint or results were made by another config."""
+
+
+def refuse_other_config(workdir, previous: dict, config: dict, source: str) -> None:
+  """Raise ConfigMismatch naming the fields (other than RUN_ONLY_FIELDS) where `previous` is
+  not `config`."""
+  config = as_stored(config)
+  differ = sorted(key for key in set(previous) | set(config)
+                  if key not in RUN_ONLY_FIELDS and previous.get(key) != config.get(key))
+  if differ:
+    values = "; ".join(f"{key} {previous.get(key)!r} in its {source}, {config.get(key)!r} in "
+                       f"this run" for key in differ)
+    qrels = f" (qrels {config['qrels']})" if "qrels_sha256" in differ else ""
+    raise ConfigMismatch(
+        f"{workdir} was made by another config: fields {', '.join(differ)} differ: "
+        f"{values}{qrels} (use a new --workdir, or the same values)")

@@ -23,7 +23,8 @@ from sweep.config import settings_of, validate_config
 from sweep.ledger import Ledger
 from sweep.pool import ConstructionPool, Finished, TrainingPool
 from sweep.problems import Probe
-from sweep.store import ConfigMismatch, Store
+from sweep.config import ConfigMismatch
+from sweep.store import Store
 
 
 def _agreed(*decisions: bool) -> tuple[bool, ...]:
@@ -117,13 +118,13 @@ class Driver:
   def checkpoint(self) -> None:
     states = self.pool.states()
     if states:  # the construction protocol trains nothing, so has nothing to resume
-      self.store.save_checkpoint(self.chunk, states, self.state_json())
+      self.store.checkpoints.save(self.chunk, states, self.state_json())
     self.store.write_stats(self.stats())
     self._last_checkpoint = time.monotonic()
 
   def restore(self) -> bool:
     """Continue from the workdir's newest readable checkpoint, if it has one of this config."""
-    restored = self.store.restore_checkpoint(
+    restored = self.store.checkpoints.restore(
         lambda saved: self.pool.abstract_states(saved["pool"]), self.config.to_dict())
     if restored is None:
       return False

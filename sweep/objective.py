@@ -21,7 +21,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from sweep.problems import LOSS_FORMS, MATMUL_PRECISIONS
+from sweep.problems import MATMUL_PRECISIONS
 
 # Matmul precision of training, by name: what each computes per device is in
 # docs/planning-and-tpu.md, "What each device computes".

@@ -1,5 +1,5 @@
-"""Everything a sweep writes and reads: config.json, results, tables, figures, the lock and
-checkpoints.
+"""Everything a sweep writes and reads: config.json, results, tables, witnesses, figures, and
+its lock and checkpoints (lock.py, checkpoints.py) behind one front.
 
 The only module that touches the disk or an object store (a workdir may be any epath, e.g.
 gs://). Results are appended one batch of lines per harvest: to results.jsonl on a local disk,
@@ -14,54 +14,27 @@ a truncated or deleted file) is rebuilt from it, and another config is refused.
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import functools
-import gc
 import importlib.metadata
 import io
 import json
 import logging
-import math
-import os
 import platform
 import sys
-import threading
-import time
 import zipfile
 import zlib
-import warnings
 from collections.abc import Callable
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from etils import epath
 
+from sweep import checkpoints as checkpoints_lib
+from sweep import config as config_lib
+from sweep import formats
 from sweep import lock as lock_lib
 from sweep.ledger import result_key
 from sweep.lock import is_object_store
-
-CRITICAL_N_COLUMNS = ("d", "k", "critical_n", "max_success_n", "lo", "hi", "done", "probes",
-                      "critical_n_certified", "geometric_critical_n", "status")
-_INT_COLUMNS = ("d", "k", "critical_n", "max_success_n", "lo", "hi", "critical_n_certified")
-# The fields of a result record that resuming, status, plan and plot read, and their types.
-RECORD_FIELDS = {"d": int, "n": int, "k": int, "seed": int, "success": bool,
-                 "stop_reason": str, "stop_step": int}
-_RECORD_SHAPE = ", ".join(f"{field} ({kind.__name__})" for field, kind in RECORD_FIELDS.items())
-# Fields that change how a sweep runs but not what it finds; a resumed run may change them.
-# qrels is where the relevance file lies; its content is bound by qrels_sha256.
-RUN_ONLY_FIELDS = ("checkpoint_every_s", "label", "qrels", "store_deadline_s")
-RESTORE_TRIES = 3
-KEEP_CHECKPOINTS = 2
-STORE_DEADLINE_S = 300.0  # one checkpoint read, write or listing; a store silent longer is gone
-# Loggers of the libraries behind a checkpoint call: one failing read logs a traceback per
-# array (asyncio's "Task exception was never retrieved", orbax's errors); the store says what
-# happened in one line instead.
-_CHECKPOINT_LOGGERS = ("absl", "asyncio", "orbax", "tensorstore", "jax")
-# Status codes of errors that say the store, not the checkpoint, failed (tensorstore, gRPC).
-_TRANSIENT_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED",
-                    "CANCELLED", "UNAUTHENTICATED", "PERMISSION_DENIED")
 
 
 def _first_of_each(records: list[dict]) -> list[dict]:
@@ -110,186 +83,6 @@ def write_text(path, text: str) -> None:
   write_bytes(path, text.encode())
 
 
-def strict_json(value) -> str:
-  """One line of strict JSON: NaN and ±inf become null (jq, JSON.parse and Go reject them)."""
-  finite = {key: None if isinstance(v, float) and not math.isfinite(v) else v
-            for key, v in value.items()}
-  return json.dumps(finite, sort_keys=True, allow_nan=False)
-
-
-def parse_records(text: str, source, torn_tail_ok: bool) -> list[dict]:
-  """JSON lines of `source`; a last line without its newline is skipped if `torn_tail_ok`
-  (a writer killed mid-line, or one appending right now); any other bad line is an error."""
-  lines = text.split("\n")
-  records = []
-  for number, line in enumerate(lines, start=1):
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as error:
-      if number == len(lines) and torn_tail_ok:
-        continue
-      raise ValueError(f"{source}: line {number}: invalid JSON: {error}") from None
-    problem = _record_problem(record)
-    if problem:
-      raise ValueError(f"{source}: line {number}: {problem}; a result record has "
-                       f"{_RECORD_SHAPE}")
-    records.append(record)
-  return records
-
-
-def _record_problem(record) -> str | None:
-  """What keeps a parsed JSON line from being a result record, or None."""
-  if not isinstance(record, dict):
-    return f"a JSON {type(record).__name__}, not an object"
-  for field, kind in RECORD_FIELDS.items():
-    if field not in record:
-      return f"field {field!r} is missing"
-    value = record[field]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-      return f"field {field!r} is {json.dumps(value)}, not a {kind.__name__}"
-  return None
-
-
-def _typed_cell(source, line: int, column: str, text: str):
-  text = (text or "").strip()
-  if column == "done":
-    if text.lower() not in ("true", "false"):
-      raise ValueError(f"{source}: line {line}: column 'done' is not true/false: {text!r}")
-    return text.lower() == "true"
-  if column not in _INT_COLUMNS:
-    return text
-  if not text and column not in ("d", "k"):
-    return None  # an open search has no answer yet
-  try:
-    return int(text)
-  except ValueError:
-    raise ValueError(f"{source}: line {line}: column {column!r} is not an integer: "
-                     f"{text!r}") from None
-
-
-def parse_critical_n(text: str, source) -> list[dict]:
-  """critical_n.csv rows with typed values: ints (None where empty), `done` a bool."""
-  try:
-    reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None:
-      raise ValueError(f"{source}: empty file, expected header {','.join(CRITICAL_N_COLUMNS)}")
-    missing = [c for c in CRITICAL_N_COLUMNS if c not in reader.fieldnames]
-    if missing:
-      raise ValueError(f"{source}: missing column(s) {', '.join(missing)}")
-    rows = []
-    for raw in reader:
-      if None in raw or any(raw[c] is None for c in reader.fieldnames):
-        raise ValueError(f"{source}: line {reader.line_num}: wrong number of fields")
-      rows.append({c: _typed_cell(source, reader.line_num, c, raw[c]) for c in reader.fieldnames})
-  except csv.Error as error:
-    raise ValueError(f"{source}: malformed CSV: {error}") from None
-  return rows
-
-
-def critical_n_csv(rows: list[dict]) -> str:
-  """critical_n.csv's text: empty cells for None, lower-case booleans."""
-  buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, CRITICAL_N_COLUMNS, lineterminator="\n")
-  writer.writeheader()
-  for row in rows:
-    writer.writerow({key: "" if row[key] is None else
-                     str(row[key]).lower() if isinstance(row[key], bool) else row[key]
-                     for key in CRITICAL_N_COLUMNS})
-  return buffer.getvalue()
-
-
-# -- configs ----------------------------------------------------------------------------
-
-
-def _as_stored(config: dict) -> dict:
-  """The config as JSON holds it (tuples are lists there), for comparing."""
-  return json.loads(json.dumps(config))
-
-
-class ConfigMismatch(ValueError):
-  """A workdir's config.json, checkpoint or results were made by another config."""
-
-
-def refuse_other_config(workdir, previous: dict, config: dict, source: str) -> None:
-  """Raise ConfigMismatch naming the fields (other than RUN_ONLY_FIELDS) where `previous` is
-  not `config`."""
-  config = _as_stored(config)
-  differ = sorted(key for key in set(previous) | set(config)
-                  if key not in RUN_ONLY_FIELDS and previous.get(key) != config.get(key))
-  if differ:
-    values = "; ".join(f"{key} {previous.get(key)!r} in its {source}, {config.get(key)!r} in "
-                       f"this run" for key in differ)
-    qrels = f" (qrels {config['qrels']})" if "qrels_sha256" in differ else ""
-    raise ConfigMismatch(
-        f"{workdir} was made by another config: fields {', '.join(differ)} differ: "
-        f"{values}{qrels} (use a new --workdir, or the same values)")
-
-
-# -- checkpoints --------------------------------------------------------------------------
-
-
-def _is_transient(error: Exception) -> bool:
-  """An error of the store (network, quota, permission), not of the checkpoint's bytes."""
-  if isinstance(error, (OSError, TimeoutError)) and not isinstance(
-      error, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
-    return True
-  return any(code in str(error) for code in _TRANSIENT_CODES)
-
-
-def first_line(error: Exception) -> str:
-  return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-
-
-class CheckpointUnreadable(RuntimeError):
-  """A checkpoint could not be read for a reason other than its own bytes."""
-
-
-class StoreUnreachable(OSError):
-  """A store call ran past its deadline (an OSError: the store failed, not the data)."""
-
-
-class StopRequested(RuntimeError):
-  """A signal asked the run to stop while a store call was waiting; nothing was changed."""
-
-
-def _drop_closed_loop_callbacks(default_hook):
-  """An unraisable hook that drops tensorstore completing a read for an asyncio loop orbax
-  already closed (one failed read ends a restore while the others are in flight; each prints
-  a traceback, seconds later), and passes everything else on."""
-  def hook(unraisable):
-    if not (isinstance(unraisable.exc_value, RuntimeError)
-            and str(unraisable.exc_value) == "Event loop is closed"):
-      default_hook(unraisable)
-  hook.drops_closed_loop_callbacks = True
-  return hook
-
-
-@contextlib.contextmanager
-def _quiet_libraries():
-  """Only CRITICAL from the checkpoint libraries' loggers while a checkpoint call runs; the
-  tasks and coroutines a failed call left are collected (their noise dropped) before the
-  levels return (only then: a collection costs about half a second in a JAX process).
-  Closed-loop callbacks come later, so their filter stays once installed."""
-  if not getattr(sys.unraisablehook, "drops_closed_loop_callbacks", False):
-    sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
-  loggers = [logging.getLogger(name) for name in _CHECKPOINT_LOGGERS]
-  levels = [logger.level for logger in loggers]
-  for logger in loggers:
-    logger.setLevel(logging.CRITICAL)
-  try:
-    yield
-  except BaseException:
-    with warnings.catch_warnings():  # the coroutines a failed call left never awaited
-      warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
-      gc.collect()
-    raise
-  finally:
-    for logger, level in zip(loggers, levels):
-      logger.setLevel(level)
-
-
 def _writer_only(write):
   """A write that only the writer process makes; on the others it does nothing."""
   @functools.wraps(write)
@@ -299,36 +92,6 @@ def _writer_only(write):
   return guarded
 
 
-def bounded(call: Callable[[], object], what: str, deadline_s: float,
-            stop_requested: Callable[[], bool] = lambda: False):
-  """call()'s result, computed in a worker thread while this one keeps answering signals.
-
-  Raises StoreUnreachable once `deadline_s` passes and StopRequested as soon as
-  `stop_requested()`; the call is then left blocked where it is (inside a library retrying a
-  store that is gone, say), in a daemon thread that never keeps the process alive.
-  """
-  outcome: dict = {}
-
-  def work():
-    try:
-      outcome["value"] = call()
-    except BaseException as error:  # handed to the waiting thread, which raises it
-      outcome["error"] = error
-
-  worker = threading.Thread(target=work, name=what, daemon=True)
-  worker.start()
-  deadline = time.monotonic() + deadline_s
-  while worker.is_alive():
-    if stop_requested():
-      raise StopRequested(what)
-    if time.monotonic() >= deadline:
-      raise StoreUnreachable(f"{what}: no answer within {deadline_s:g} s")
-    worker.join(0.1)
-  if "error" in outcome:
-    raise outcome["error"]
-  return outcome["value"]
-
-
 class Store:
   """One sweep's workdir (a local path or any epath, e.g. gs://).
 
@@ -336,19 +99,18 @@ class Store:
   (process 0) writes results, tables, witnesses and config.json, and holds the lock.
   """
 
-  def __init__(self, workdir: str, writer: bool = True, deadline_s: float = STORE_DEADLINE_S,
+  def __init__(self, workdir: str, writer: bool = True,
+               deadline_s: float = checkpoints_lib.STORE_DEADLINE_S,
                stop_requested: Callable[[], bool] = lambda: False):
     self.workdir = epath.Path(workdir)
     self.writer = writer
-    self.deadline_s = deadline_s  # for each checkpoint call
-    self.stop_requested = stop_requested  # a signal came: stop waiting on the store
     self.object_store = is_object_store(workdir)
     self.results_path = self.workdir / "results.jsonl"
     self.results_parts = self.workdir / "results"
     self.critical_n_path = self.workdir / "critical_n.csv"
     self.config_path = self.workdir / "config.json"
     self.lock_path = self.workdir / lock_lib.LOCK_NAME
-    self._checkpoints: ocp.CheckpointManager | None = None
+    self.checkpoints = checkpoints_lib.Checkpoints(workdir, writer, deadline_s, stop_requested)
     self._next_part: int | None = None
 
   # -- the lock ---------------------------------------------------------------------------
@@ -374,7 +136,7 @@ class Store:
     """Refuse a workdir whose config.json was made by another config (its checkpoint is
     checked as it is restored)."""
     if self.config_path.exists():
-      refuse_other_config(self.workdir, self.read_config(), config, "config.json")
+      config_lib.refuse_other_config(self.workdir, self.read_config(), config, "config.json")
 
   def claim(self, config: dict) -> None:
     """Check that the workdir was made by this same config, then write config.json."""
@@ -384,7 +146,7 @@ class Store:
   @_writer_only
   def _write_config(self, config: dict) -> None:
     write_text(self.config_path, json.dumps(
-        {"config": _as_stored(config), "environment": environment()}, indent=2,
+        {"config": config_lib.as_stored(config), "environment": environment()}, indent=2,
         sort_keys=True) + "\n")
 
   def read_config(self) -> dict:
@@ -414,10 +176,10 @@ class Store:
     """Every finished configuration's record, in the order written (either form)."""
     if self.object_store:
       return [r for part in self._parts()
-              for r in parse_records(part.read_text(), part, torn_tail_ok=False)]
+              for r in formats.parse_records(part.read_text(), part, torn_tail_ok=False)]
     if not self.results_path.exists():
       return []
-    return parse_records(self.results_path.read_text(), self.results_path, torn_tail_ok=True)
+    return formats.parse_records(self.results_path.read_text(), self.results_path, torn_tail_ok=True)
 
   def load_results(self) -> dict[tuple, dict]:
     """Finished configurations by (d, n, k, seed); a torn last line (a kill mid-write, or a
@@ -455,7 +217,7 @@ class Store:
       if repeats:
         changes.append(f"dropped {repeats} repeated line(s)")
       if changes:
-        write_text(self.results_path, "".join(strict_json(r) + "\n" for r in records))
+        write_text(self.results_path, "".join(formats.strict_json(r) + "\n" for r in records))
     if changes:
       logging.warning("%s: %s", self.results_parts if self.object_store else self.results_path,
                       "; ".join(changes))
@@ -464,7 +226,7 @@ class Store:
   def append_results(self, records: list[dict]) -> None:
     if not records:
       return
-    lines = "".join(strict_json(r) + "\n" for r in records)
+    lines = "".join(formats.strict_json(r) + "\n" for r in records)
     if self.object_store:
       if self._next_part is None:
         self._next_part = 1 + max((int(p.name.split(".")[0]) for p in self._parts()), default=-1)
@@ -481,17 +243,17 @@ class Store:
   def write_report(self, name: str, report) -> None:
     """A target's report (targets.py): critical_n.csv, its rows; critical_d.json, one object."""
     if name == self.critical_n_path.name:
-      write_text(self.critical_n_path, critical_n_csv(report))
+      write_text(self.critical_n_path, formats.critical_n_csv(report))
     else:
       self.write_json(name, report)
 
   def read_critical_n(self) -> list[dict]:
-    """critical_n.csv with typed values (see parse_critical_n)."""
+    """critical_n.csv with typed values (see formats.parse_critical_n)."""
     forget_listings(self.workdir)
     if not self.critical_n_path.exists():
       raise FileNotFoundError(f"{self.critical_n_path}: not found (is {self.workdir} a sweep "
                               f"workdir?)")
-    return parse_critical_n(self.critical_n_path.read_text(), self.critical_n_path)
+    return formats.parse_critical_n(self.critical_n_path.read_text(), self.critical_n_path)
 
   def read_critical_d(self) -> dict:
     path = self.workdir / "critical_d.json"
@@ -525,114 +287,8 @@ class Store:
     path = self.workdir / "run_stats.json"
     return json.loads(path.read_text()) if path.exists() else None
 
-  # -- checkpoints ------------------------------------------------------------------------
-
-  @property
-  def checkpoints(self) -> ocp.CheckpointManager:
-    if self._checkpoints is None:
-      directory = self.workdir / "checkpoints"
-      self._checkpoints = ocp.CheckpointManager(
-          directory if self.object_store else directory.resolve(),
-          options=ocp.CheckpointManagerOptions(
-              max_to_keep=KEEP_CHECKPOINTS, enable_async_checkpointing=False,
-              cleanup_tmp_directories=self.writer),  # saves a kill cut short
-          item_names=("train", "driver"))
-    return self._checkpoints
-
-  def _checkpoint_call(self, call: Callable[[], object], what: str, stoppable: bool = False):
-    """A call into orbax, its libraries quiet, bounded by the deadline and, if `stoppable`,
-    by the stop signal (a read is; a save or close is how a stopped run ends, so is not)."""
-    with _quiet_libraries():
-      return bounded(call, f"{what} in {self.workdir}", self.deadline_s,
-                     self.stop_requested if stoppable else lambda: False)
-
-  def save_checkpoint(self, step: int, train_state, driver_state: dict) -> None:
-    """Save at a chunk boundary; a step already saved holds this same state and is kept.
-
-    Then only the newest KEEP_CHECKPOINTS stay: orbax deletes older ones after a save, so a
-    kill between the two, or a run that saved nothing new, would leave more for good.
-    """
-    def save():
-      if step not in self.checkpoints.all_steps():
-        self.checkpoints.save(step, args=ocp.args.Composite(
-            train=ocp.args.StandardSave(train_state), driver=ocp.args.JsonSave(driver_state)),
-            force=True)
-        self.checkpoints.wait_until_finished()
-      if self.writer:
-        for old in sorted(self.checkpoints.all_steps())[:-KEEP_CHECKPOINTS]:
-          self.checkpoints.delete(old)
-    self._checkpoint_call(save, f"saving checkpoint {step}")
-
-  def _restore(self, step: int, abstract_train_state, config: dict | None):
-    driver = self.checkpoints.restore(step, args=ocp.args.Composite(
-        driver=ocp.args.JsonRestore()))["driver"]
-    if config is not None:  # before its train state, which another config's could not fit
-      refuse_other_config(self.workdir, driver.get("config", {}), config, f"checkpoint {step}")
-    train = self.checkpoints.restore(step, args=ocp.args.Composite(
-        train=ocp.args.StandardRestore(abstract_train_state(driver))))["train"]
-    return step, train, driver
-
-  def _pause(self, seconds: float) -> None:
-    """Sleep between tries, but stop at once when a signal asks to."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-      if self.stop_requested():
-        raise StopRequested("waiting to retry a checkpoint")
-      time.sleep(min(0.1, seconds))
-
-  def restore_checkpoint(self, abstract_train_state, config: dict | None = None,
-                         retry_seconds: float = 1.0):
-    """(step, train_state, driver_state) of the newest readable checkpoint, or None.
-
-    `abstract_train_state(driver_state)` gives the target structure (and sharding) for the
-    train state, which depends on the bucket recorded in the driver state. A checkpoint made
-    by another config than `config` raises ConfigMismatch naming the fields. Nothing good is
-    ever deleted: an error of the store (network, quota, no answer within the deadline) is
-    retried RESTORE_TRIES times and then raised as CheckpointUnreadable; only a checkpoint
-    whose own bytes fail every try is proven corrupt, moved aside to
-    WORKDIR/checkpoint-STEP.corrupt, and the previous one used. A stop signal raises
-    StopRequested at once, with nothing moved.
-    """
-    steps = self._checkpoint_call(self.checkpoints.all_steps, "listing the checkpoints",
-                                  stoppable=True)
-    set_aside = []
-    for step in sorted(steps, reverse=True):
-      for attempt in range(RESTORE_TRIES):
-        try:
-          return self._checkpoint_call(lambda: self._restore(step, abstract_train_state, config),
-                                       f"reading checkpoint {step}", stoppable=True)
-        except (StopRequested, ConfigMismatch):
-          raise
-        except Exception as error:  # classified below: transient, or this checkpoint's bytes
-          last = error
-          if attempt + 1 < RESTORE_TRIES:
-            self._pause(retry_seconds * 2**attempt)
-      if _is_transient(last):
-        raise CheckpointUnreadable(
-            f"checkpoint {step} in {self.workdir} could not be read after {RESTORE_TRIES} tries "
-            f"({first_line(last)}); nothing was moved or deleted, rerun when the store is "
-            f"reachable") from last
-      if self.writer:
-        set_aside.append(self._set_aside(step, last))
-    if set_aside:
-      logging.warning("every checkpoint of %s was unreadable; set aside as %s; starting the "
-                      "sweep over (the results already written are kept)",
-                      self.workdir, ", ".join(str(path) for path in set_aside))
-    return None
-
-  def _set_aside(self, step: int, error: Exception) -> epath.Path:
-    aside = self.workdir / f"checkpoint-{step}.corrupt"
-    if aside.exists():
-      aside = self.workdir / f"checkpoint-{step}.corrupt-{int(time.time())}"
-    logging.warning("checkpoint %d in %s is corrupt (%s); moved to %s, trying the previous one",
-                    step, self.workdir, first_line(error), aside)
-    (self.workdir / "checkpoints" / str(step)).rename(aside)
-    self._checkpoint_call(self.checkpoints.reload, "listing the checkpoints")
-    return aside
-
   def close(self) -> None:
-    if self._checkpoints is not None:
-      self._checkpoint_call(self._checkpoints.close, "closing the checkpoints")
+    self.checkpoints.close()
 
 
 def read_witness(path: str) -> dict[str, np.ndarray]:

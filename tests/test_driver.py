@@ -232,7 +232,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
   first_state = driver.state_json()
   driver.chunk += 1
   driver.checkpoint()
-  latest = store.checkpoints.latest_step()
+  latest = store.checkpoints.manager.latest_step()
   for path in (tmp_path / "checkpoints" / str(latest) / "train").rglob("*"):
     if path.is_file():
       path.write_bytes(b"garbage")
@@ -243,7 +243,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
   assert "is corrupt" in caplog.text
   aside = tmp_path / f"checkpoint-{latest}.corrupt"
   assert (aside / "train").is_dir() and any(aside.rglob("*"))  # set aside, not deleted
-  assert latest not in fresh.store.checkpoints.all_steps()
+  assert latest not in fresh.store.checkpoints.manager.all_steps()
 
 
 def test_status_prints_brackets(tmp_path):

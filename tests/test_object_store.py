@@ -46,7 +46,7 @@ def test_a_gs_sweep_killed_and_resumed_equals_a_local_run(tmp_path, gcs_bucket):
   assert store.critical_n_path.read_text() == expected_table
   parts = list(epath.Path(f"{workdir}/results").iterdir())
   assert len(parts) > 1 and not epath.Path(f"{workdir}/results.jsonl").exists()
-  assert store.checkpoints.all_steps() and lock_lib.read_lock(store.lock_path) is None
+  assert store.checkpoints.manager.all_steps() and lock_lib.read_lock(store.lock_path) is None
 
   status = sweep("status", f"--workdir={workdir}", "--json")
   status_out, err = status.communicate(timeout=120)
@@ -165,7 +165,7 @@ def test_a_store_that_stops_answering_at_resume_ends_in_one_line(tmp_path, gcs_b
   store = Store(workdir)
   assert driver_lib.Driver(tiny_config(dims=(2,), restarts=1), store).run(progress=lambda _: None)
   store.close()
-  steps = Store(workdir).checkpoints.all_steps()
+  steps = Store(workdir).checkpoints.manager.all_steps()
   config_file = write_config_file(tmp_path / "tiny.py", dims=(2,), restarts=1)
   args = ["run", f"--config={config_file}", f"--workdir={workdir}"]
   env = {**os.environ, "TENSORSTORE_GCS_HTTP_URL": closed_port_url()}
@@ -187,5 +187,5 @@ def test_a_store_that_stops_answering_at_resume_ends_in_one_line(tmp_path, gcs_b
   out, err = waiting.communicate(timeout=30)
   assert "Traceback" not in err
   assert f"stopped by signal 15 while reading checkpoint {max(steps)} in {workdir}" in out
-  assert Store(workdir).checkpoints.all_steps() == steps
+  assert Store(workdir).checkpoints.manager.all_steps() == steps
   assert not list(epath.Path(workdir).glob("checkpoint-*.corrupt"))

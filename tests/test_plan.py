@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from sweep import batching, memory, plan, search, sweeps
+from sweep import batching, memory, plan, search, targets
 from sweep import trainer as T
 from sweep.store import Store
 from test_driver import tiny_config

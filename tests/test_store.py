@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from sweep import lock as lock_lib
-from sweep import store as store_lib
+from sweep import checkpoints as checkpoints_lib
+from sweep import formats
 from sweep.store import Store
 
 
@@ -43,7 +44,7 @@ def test_the_lock_of_a_killed_process_is_taken_over(tmp_path):
 
 
 def test_results_lines_are_strict_json():
-  line = store_lib.strict_json(dict(d=4, n=9, best_loss=float("-inf"), margin=float("nan"),
+  line = formats.strict_json(dict(d=4, n=9, best_loss=float("-inf"), margin=float("nan"),
                                     final_loss=0.5))
   refuse = lambda token: pytest.fail(f"not strict JSON: {token}")
   assert json.loads(line, parse_constant=refuse) == dict(d=4, n=9, best_loss=None, margin=None,
@@ -58,13 +59,13 @@ def test_results_lines_are_strict_json():
     (FileNotFoundError("checkpoints/7/train/manifest.ocdbt"), False),
     (KeyError("params"), False)])
 def test_store_errors_are_retried_checkpoint_errors_set_aside(error, transient):
-  assert store_lib._is_transient(error) is transient
+  assert checkpoints_lib._is_transient(error) is transient
 
 
 def test_a_store_error_while_restoring_is_retried_then_reported_and_nothing_is_moved(tmp_path):
   store = Store(str(tmp_path))
   state = {"x": np.arange(4.0)}
-  store.save_checkpoint(3, state, {"chunk": 3})
+  store.checkpoints.save(3, state, {"chunk": 3})
   failures = []
 
   def flaky(driver):  # the store fails twice, then answers
@@ -73,14 +74,14 @@ def test_a_store_error_while_restoring_is_retried_then_reported_and_nothing_is_m
       raise ConnectionError("the store is unreachable")
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
 
-  step, restored, driver = store.restore_checkpoint(flaky, retry_seconds=0.01)
+  step, restored, driver = store.checkpoints.restore(flaky, retry_seconds=0.01)
   assert (step, driver, failures) == (3, {"chunk": 3}, [3, 3])
   np.testing.assert_array_equal(restored["x"], state["x"])
 
   def unreachable(driver):
     raise ConnectionError("the store is unreachable")
 
-  with pytest.raises(store_lib.CheckpointUnreadable, match="nothing was moved or deleted"):
-    store.restore_checkpoint(unreachable, retry_seconds=0.01)
-  assert store.checkpoints.all_steps() == [3] and not list(tmp_path.glob("checkpoint-*"))
+  with pytest.raises(checkpoints_lib.CheckpointUnreadable, match="nothing was moved or deleted"):
+    store.checkpoints.restore(unreachable, retry_seconds=0.01)
+  assert store.checkpoints.manager.all_steps() == [3] and not list(tmp_path.glob("checkpoint-*"))
   store.close()
