@@ -12,9 +12,7 @@ extrapolated d is not extrapolated.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import importlib.resources
 import io
 import json
 import os
@@ -26,7 +24,7 @@ import numpy as np
 from absl import flags
 from numpy.polynomial import Polynomial
 
-from sweep import geometry
+from sweep import geometry, paper
 from sweep import store as store_lib
 from sweep.store import Store
 
@@ -34,7 +32,6 @@ CSV_NAME = "critical_n.csv"
 FIT_SUFFIX = ".fit.json"
 DEFAULT_OUT = "critical_n"  # in the current directory: a workdir is only read
 EXTRAPOLATION_DIMS = (512, 768, 1024, 3072, 4096)
-PAPER_DEGREE, PAPER_D_MIN = 3, 4
 SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 
@@ -88,13 +85,6 @@ def finished_points(rows: Iterable[dict]) -> tuple[np.ndarray, np.ndarray]:
   return d, n
 
 
-def read_paper_table6() -> list[dict]:
-  """The paper's Table 6 (k = 2), shipped with the `sweep` package."""
-  resource = importlib.resources.files("sweep") / "data" / "paper_table6.csv"
-  with resource.open(newline="") as f:
-    return [{key: int(value) for key, value in row.items()} for row in csv.DictReader(f)]
-
-
 # ---------------------------------------------------------------------------------------------
 # Fitting
 # ---------------------------------------------------------------------------------------------
@@ -137,11 +127,12 @@ def fit_workdir(workdir, degree: int = 3, d_min: int = 4) -> Fit:
 
 
 def paper_fit() -> Fit:
-  """The paper's own cubic over its Table 6, the reference every sweep is compared to."""
-  rows = read_paper_table6()
+  """The paper's own cubic over its Table 6, the reference every sweep is compared to
+  (unrounded: paper.fit_coefficients(), with its r² and points)."""
+  rows = paper.read_table6()
   return fit_polynomial(
-      [r["d"] for r in rows], [r["critical_n"] for r in rows], PAPER_DEGREE, PAPER_D_MIN,
-      source="paper_table6.csv",
+      [r["d"] for r in rows], [r["critical_n"] for r in rows], paper.DEGREE, paper.D_MIN,
+      source=paper.TABLE,
   )
 
 
@@ -346,7 +337,7 @@ def plot(
   stores = [Store(str(w), writer=False) for w in workdirs]
   all_rows = [store.read_critical_n() for store in stores]
   d_max = max(r["d"] for rows in all_rows for r in rows) + 2
-  paper = [r for r in read_paper_table6() if r["d"] <= d_max]
+  table = [r for r in paper.read_table6() if r["d"] <= d_max]
   ks = sorted({r["k"] for rows in all_rows for r in rows})
 
   import matplotlib  # only where a figure is drawn: importing it costs a second
@@ -354,7 +345,7 @@ def plot(
   import matplotlib.pyplot as plt
 
   fig, ax = plt.subplots(figsize=(9, 6))
-  handles = ax.plot([r["d"] for r in paper], [r["critical_n"] for r in paper], "x", color="0.5",
+  handles = ax.plot([r["d"] for r in table], [r["critical_n"] for r in table], "x", color="0.5",
                     markersize=5, label="paper Table 6 (k = 2)")
   handles += _draw_fit(ax, paper_fit(), d_max, log, "paper", color="0.6", linestyle=":",
                        linewidth=1.5)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from plots import critical_n as cn
+from sweep import paper
 from sweep.store import Store
 
 HEADER = "d,k,critical_n,max_success_n,lo,hi,done,probes\n"
@@ -29,7 +30,7 @@ def write_workdir(path, rows, results=None, label=None):
 
 def paper_like_rows(dims=range(4, 13), open_dims=(13,)):
   """Finished rows on the paper's numbers plus open searches with a bracket."""
-  table = {r["d"]: r["critical_n"] for r in cn.read_paper_table6()}
+  table = {r["d"]: r["critical_n"] for r in paper.read_table6()}
   rows = [f"{d},2,{table[d]},{table[d]},{table[d]},{table[d] + 1},true,5" for d in dims]
   rows += [f"{d},2,,{table[d] - 4},{table[d] - 4},{table[d] + 6},false,3" for d in open_dims]
   return rows
@@ -37,7 +38,7 @@ def paper_like_rows(dims=range(4, 13), open_dims=(13,)):
 
 def restart_results(dims=range(4, 13)):
   """Three seeds per d whose largest succeeding n differ by a few documents."""
-  table = {r["d"]: r["critical_n"] for r in cn.read_paper_table6()}
+  table = {r["d"]: r["critical_n"] for r in paper.read_table6()}
   results = []
   for d in dims:
     for seed, shift in enumerate((-2, 0, 1)):
@@ -55,6 +56,7 @@ def restart_results(dims=range(4, 13)):
 def test_paper_fit_reproduces_published_coefficients():
   fit = cn.paper_fit()
   assert [round(c, 4) for c in fit.coefficients] == [-10.5322, 4.0309, 0.0520, 0.0037]
+  assert fit.coefficients == paper.fit_coefficients()  # searches start from it rounded
   assert fit.r2 >= 0.998
   assert fit.d_min == 4 and fit.degree == 3 and len(fit.points) == 42
   assert cn.extrapolate(fit)[1024] == pytest.approx(4.0e6, rel=0.01)
