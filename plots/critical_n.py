@@ -321,15 +321,14 @@ def _draw_geometric_limit(ax, k: int, d_lo: int, d_hi: int) -> list:
   return handles
 
 
-def plot(
+def draw(
     workdirs: Sequence[str | os.PathLike],
-    out_prefix: str | os.PathLike,
     degree: int = 3,
     d_min: int = 4,
     log: bool = False,
-) -> list[str]:
-  """Measured critical n per d for each workdir over the paper's Table 6; writes .png and .pdf
-  (through the store, so a gs:// prefix works too).
+):
+  """The figure of `plot`, drawn and returned (a matplotlib Figure outside pyplot, so nothing
+  needs closing); it reads the workdirs and writes nothing.
 
   Each sweep's fit is drawn only over its own dimensions; the paper's table and cubic are
   drawn over the measured range of d (plus a little), so small sweeps stay readable.
@@ -341,15 +340,15 @@ def plot(
   ks = sorted({r["k"] for rows in all_rows for r in rows})
 
   import matplotlib  # only where a figure is drawn: importing it costs a second
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from matplotlib.figure import Figure
 
-  fig, ax = plt.subplots(figsize=(9, 6))
+  fig = Figure(figsize=(9, 6))
+  ax = fig.subplots()
   handles = ax.plot([r["d"] for r in table], [r["critical_n"] for r in table], "x", color="0.5",
                     markersize=5, label="paper Table 6 (k = 2)")
   handles += _draw_fit(ax, paper_fit(), d_max, log, "paper", color="0.6", linestyle=":",
                        linewidth=1.5)
-  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
   for i, (store, rows) in enumerate(zip(stores, all_rows)):
     offset = 0.12 * (i - (len(stores) - 1) / 2)
     handles += _draw_workdir(ax, store, rows, colors[i % len(colors)], degree, d_min, log,
@@ -367,13 +366,24 @@ def plot(
   ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8,
             frameon=False)
   fig.tight_layout()
+  return fig
 
+
+def plot(
+    workdirs: Sequence[str | os.PathLike],
+    out_prefix: str | os.PathLike,
+    degree: int = 3,
+    d_min: int = 4,
+    log: bool = False,
+) -> list[str]:
+  """Measured critical n per d for each workdir over the paper's Table 6 (`draw`); writes
+  .png and .pdf (through the store, so a gs:// prefix works too)."""
+  fig = draw(workdirs, degree=degree, d_min=d_min, log=log)
   paths = [f"{out_prefix}{ext}" for ext in (".png", ".pdf")]
   for path in paths:
     image = io.BytesIO()
     fig.savefig(image, format=path.rsplit(".", 1)[1], dpi=150, bbox_inches="tight")
     store_lib.write_bytes(path, image.getvalue())
-  plt.close(fig)
   return paths
 
 
