@@ -1,19 +1,24 @@
-"""One slot at paper scale: the old loss against the blocked one, and the plan against both.
+"""One slot at paper scale: the loss as one block against automatic blocks, and the plan.
 
     python benchmarks/scale.py [--dims=8,16,24,32] [--steps=50] [--repeats=5] [--device=cpu]
 
 For each d at the paper's critical n (Table 6), one slot of its padded shape trains a fixed
-number of steps with the trainer's own step, once with the loss this engine used before
-(`old_infonce_loss`: log-softmax over the whole masked q x n matrix, differentiated by
-autodiff) and once with objective.infonce_loss; the two are timed interleaved in one process.
-It prints steps/s of each, the blocked loss's achieved GFLOP/s (XLA's FLOPs of a step), the
-memory one slot of the real training chunk took (peak device memory where JAX reports it,
-else the peak of the C heap in a fresh process), and the plan's prediction for it
-(sweep/plan.py: memory per slot from XLA, roofline step time on --device).
+number of steps with the trainer's own step, once with the loss over the whole q x n score
+matrix in one block (TrainSettings.query_tile = the shape's queries) and once with the
+automatic blocks a sweep uses (query_tile = 0); the two are timed interleaved in one
+process. Where the automatic tile (its rows are printed) already holds every query, the two
+are the same program. It prints steps/s of each, the automatic blocks' achieved GFLOP/s
+(XLA's FLOPs of a step), the memory one slot of the real training chunk took (peak device
+memory where JAX reports it, else the peak of the C heap in a fresh process), and the plan's
+prediction for it (sweep/plan.py: memory per slot from XLA, roofline step time on --device).
+
+The loss this engine used before query blocks (log-softmax over the whole masked matrix,
+autodiff backward) no longer exists in the code; the README's table against it was measured
+by this benchmark at commit 7d87084, which kept a copy of that loss.
 """
 
-import contextlib
 import ctypes
+import dataclasses
 import functools
 import json
 import os
@@ -23,12 +28,10 @@ import threading
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from plots.critical_n import read_paper_table6
-from sweep import batching, objective, plan
+from sweep import batching, objective, paper, plan
 from sweep import trainer as T
 
 _DIMS = flags.DEFINE_list("dims", ["8", "16", "24", "32"], "dimensions (45 needs an accelerator)")
@@ -38,50 +41,20 @@ _DEVICE = flags.DEFINE_string("device", "cpu", "device of the plan's roofline (p
 _MEASURE = flags.DEFINE_integer("measure_memory_of", 0, "internal: measure one d and exit")
 
 
-def old_infonce_loss(queries, documents, relevance, num_queries, num_documents, temperature,
-                     form="code", tile=0, precision="highest"):
-  """The loss before query blocks: every q x n intermediate materialised, autodiff backward."""
-  del tile, precision
-  query_mask = jnp.arange(relevance.shape[0]) < num_queries
-  document_mask = jnp.arange(documents.shape[0]) < num_documents
-  relevance_mask = (relevance[:, :, None] == jnp.arange(documents.shape[0])).any(axis=1)
-  relevance_mask &= query_mask[:, None]
-  logits = jnp.where(document_mask, queries @ documents.T, -jnp.inf) / temperature
-  log_probs = jax.nn.log_softmax(logits, axis=-1)
-  if form == "code":
-    return -jnp.where(relevance_mask, log_probs, 0.0).sum() / jnp.maximum(relevance_mask.sum(), 1)
-  summed = relevance_mask | ~query_mask[:, None]
-  relevant_mass = jax.nn.logsumexp(jnp.where(summed, log_probs, -jnp.inf), axis=-1)
-  relevant_mass = jnp.where(query_mask, relevant_mass, 0.0)
-  return -relevant_mass.sum() / jnp.maximum(query_mask.sum(), 1)
-
-
-@contextlib.contextmanager
-def traced_with(loss):
-  """Trace the trainer's own step with `loss` in place of objective.infonce_loss."""
-  current = objective.infonce_loss
-  objective.infonce_loss = loss
-  try:
-    yield
-  finally:
-    objective.infonce_loss = current
-
-
 def slot_of(d: int):
-  n = {r["d"]: r["critical_n"] for r in read_paper_table6()}[d]
+  n = {r["d"]: r["critical_n"] for r in paper.read_table6()}[d]
   config = T.Configuration(d=d, n=n)
   return config, batching.shape_class(config)
 
 
-def timed_steps(settings, config, shape, loss):
-  """A jitted run of --steps trainer steps of one slot, traced with `loss`, ready to time."""
+def timed_steps(settings, config, shape):
+  """A jitted run of --steps trainer steps of one slot, ready to time."""
   slots = T.place(T.pack([config], shape))
   state = jax.jit(T.start_optimizer, static_argnums=0)(
       settings, slots, T.place(T.init_state(settings, shape, [config])))
   run = jax.jit(lambda slots, state: jax.lax.fori_loop(
       0, _STEPS.value, lambda _, s: T.train_step(settings, slots, s), state))
-  with traced_with(loss):
-    compiled = run.lower(slots, state).compile()
+  compiled = run.lower(slots, state).compile()
   jax.block_until_ready(compiled(slots, state))
   return lambda: jax.block_until_ready(compiled(slots, state))
 
@@ -167,13 +140,15 @@ def main(argv):
   settings = T.TrainSettings(max_steps=_STEPS.value, eval_every=_STEPS.value, chunk_evals=1)
   print(f"one slot, {_STEPS.value} steps per run, best of {_REPEATS.value}, on "
         f"{jax.devices()[0].device_kind}; plan roofline on {device.name}")
-  print(f"{'d':>3} {'n':>4} {'shape q x n x d':>18} {'old st/s':>9} {'new st/s':>9} "
+  print(f"{'d':>3} {'n':>4} {'shape q x n x d':>18} {'auto rows':>9} {'1blk st/s':>9} "
+        f"{'auto st/s':>9} "
         f"{'speed-up':>8} {'GFLOP/s':>8} {'measured MiB':>12} {'plan MiB':>9} {'plan/meas':>9} "
         f"{'plan ms/step':>12}")
   for d in map(int, _DIMS.value):
     config, shape = slot_of(d)
-    runs = {name: timed_steps(settings, config, shape, loss)
-            for name, loss in (("old", old_infonce_loss), ("new", objective.infonce_loss))}
+    one_block = dataclasses.replace(settings, query_tile=shape.queries)
+    runs = {name: timed_steps(tiled, config, shape)
+            for name, tiled in (("one block", one_block), ("automatic", settings))}
     best = {name: np.inf for name in runs}
     for _ in range(_REPEATS.value):
       for name, run in runs.items():  # interleaved: both see the same machine load
@@ -186,8 +161,10 @@ def main(argv):
     predicted = plan.shape_cost(settings, shape, device)
     measured = measured_in_child(d)
     print(f"{d:>3} {config.n:>4} {f'{shape.queries}x{shape.documents}x{shape.dims}':>18} "
-          f"{rate['old']:>9.1f} {rate['new']:>9.1f} {rate['new'] / rate['old']:>7.2f}x "
-          f"{cost.step_flops * rate['new'] / 1e9:>8.1f} {measured / 2**20:>12.1f} "
+          f"{objective.query_tile(shape.queries, shape.documents):>9} "
+          f"{rate['one block']:>9.1f} {rate['automatic']:>9.1f} "
+          f"{rate['automatic'] / rate['one block']:>7.2f}x "
+          f"{cost.step_flops * rate['automatic'] / 1e9:>8.1f} {measured / 2**20:>12.1f} "
           f"{cost.slot_bytes / 2**20:>9.1f} {cost.slot_bytes / measured:>9.2f} "
           f"{plan.step_seconds(predicted, device, settings.matmul_precision) * 1e3:>12.3f}",
           flush=True)

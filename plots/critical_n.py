@@ -12,9 +12,7 @@ extrapolated d is not extrapolated.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import importlib.resources
 import io
 import json
 import os
@@ -26,7 +24,7 @@ import numpy as np
 from absl import flags
 from numpy.polynomial import Polynomial
 
-from sweep import geometry
+from sweep import geometry, paper
 from sweep import store as store_lib
 from sweep.store import Store
 
@@ -34,7 +32,6 @@ CSV_NAME = "critical_n.csv"
 FIT_SUFFIX = ".fit.json"
 DEFAULT_OUT = "critical_n"  # in the current directory: a workdir is only read
 EXTRAPOLATION_DIMS = (512, 768, 1024, 3072, 4096)
-PAPER_DEGREE, PAPER_D_MIN = 3, 4
 SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 
@@ -88,13 +85,6 @@ def finished_points(rows: Iterable[dict]) -> tuple[np.ndarray, np.ndarray]:
   return d, n
 
 
-def read_paper_table6() -> list[dict]:
-  """The paper's Table 6 (k = 2), shipped with the `sweep` package."""
-  resource = importlib.resources.files("sweep") / "data" / "paper_table6.csv"
-  with resource.open(newline="") as f:
-    return [{key: int(value) for key, value in row.items()} for row in csv.DictReader(f)]
-
-
 # ---------------------------------------------------------------------------------------------
 # Fitting
 # ---------------------------------------------------------------------------------------------
@@ -137,11 +127,12 @@ def fit_workdir(workdir, degree: int = 3, d_min: int = 4) -> Fit:
 
 
 def paper_fit() -> Fit:
-  """The paper's own cubic over its Table 6, the reference every sweep is compared to."""
-  rows = read_paper_table6()
+  """The paper's own cubic over its Table 6, the reference every sweep is compared to
+  (unrounded: paper.fit_coefficients(), with its r² and points)."""
+  rows = paper.read_table6()
   return fit_polynomial(
-      [r["d"] for r in rows], [r["critical_n"] for r in rows], PAPER_DEGREE, PAPER_D_MIN,
-      source="paper_table6.csv",
+      [r["d"] for r in rows], [r["critical_n"] for r in rows], paper.DEGREE, paper.D_MIN,
+      source=paper.TABLE,
   )
 
 
@@ -330,15 +321,14 @@ def _draw_geometric_limit(ax, k: int, d_lo: int, d_hi: int) -> list:
   return handles
 
 
-def plot(
+def draw(
     workdirs: Sequence[str | os.PathLike],
-    out_prefix: str | os.PathLike,
     degree: int = 3,
     d_min: int = 4,
     log: bool = False,
-) -> list[str]:
-  """Measured critical n per d for each workdir over the paper's Table 6; writes .png and .pdf
-  (through the store, so a gs:// prefix works too).
+):
+  """The figure of `plot`, drawn and returned (a matplotlib Figure outside pyplot, so nothing
+  needs closing); it reads the workdirs and writes nothing.
 
   Each sweep's fit is drawn only over its own dimensions; the paper's table and cubic are
   drawn over the measured range of d (plus a little), so small sweeps stay readable.
@@ -346,19 +336,19 @@ def plot(
   stores = [Store(str(w), writer=False) for w in workdirs]
   all_rows = [store.read_critical_n() for store in stores]
   d_max = max(r["d"] for rows in all_rows for r in rows) + 2
-  paper = [r for r in read_paper_table6() if r["d"] <= d_max]
+  table = [r for r in paper.read_table6() if r["d"] <= d_max]
   ks = sorted({r["k"] for rows in all_rows for r in rows})
 
   import matplotlib  # only where a figure is drawn: importing it costs a second
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from matplotlib.figure import Figure
 
-  fig, ax = plt.subplots(figsize=(9, 6))
-  handles = ax.plot([r["d"] for r in paper], [r["critical_n"] for r in paper], "x", color="0.5",
+  fig = Figure(figsize=(9, 6))
+  ax = fig.subplots()
+  handles = ax.plot([r["d"] for r in table], [r["critical_n"] for r in table], "x", color="0.5",
                     markersize=5, label="paper Table 6 (k = 2)")
   handles += _draw_fit(ax, paper_fit(), d_max, log, "paper", color="0.6", linestyle=":",
                        linewidth=1.5)
-  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
   for i, (store, rows) in enumerate(zip(stores, all_rows)):
     offset = 0.12 * (i - (len(stores) - 1) / 2)
     handles += _draw_workdir(ax, store, rows, colors[i % len(colors)], degree, d_min, log,
@@ -376,13 +366,24 @@ def plot(
   ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8,
             frameon=False)
   fig.tight_layout()
+  return fig
 
+
+def plot(
+    workdirs: Sequence[str | os.PathLike],
+    out_prefix: str | os.PathLike,
+    degree: int = 3,
+    d_min: int = 4,
+    log: bool = False,
+) -> list[str]:
+  """Measured critical n per d for each workdir over the paper's Table 6 (`draw`); writes
+  .png and .pdf (through the store, so a gs:// prefix works too)."""
+  fig = draw(workdirs, degree=degree, d_min=d_min, log=log)
   paths = [f"{out_prefix}{ext}" for ext in (".png", ".pdf")]
   for path in paths:
     image = io.BytesIO()
     fig.savefig(image, format=path.rsplit(".", 1)[1], dpi=150, bbox_inches="tight")
     store_lib.write_bytes(path, image.getvalue())
-  plt.close(fig)
   return paths
 
 

@@ -11,7 +11,7 @@ import sys
 import jax
 import pytest
 
-from sweep import batching, hardware, memory, plan, problems, scheduler, targets
+from sweep import batching, hardware, memory, paper, plan, problems, scheduler, targets
 from sweep import trainer as T
 from sweep.config import settings_of
 from test_driver import tiny_config
@@ -104,7 +104,7 @@ def test_plan_refuses_a_dimension_whose_boundary_cannot_fit_a_chip():
   assert report["compiler"] == "tpu" and report["dims"][0]["lower_bound_only"]
   refusal = report["unmeasurable"][0]
   assert refusal["d"] == 120 and refusal["boundary_n"] == round(
-      sum(c * 120**i for i, c in enumerate(targets.PAPER_CUBIC)))  # the paper's cubic, uncapped
+      sum(c * 120**i for i, c in enumerate(paper.cubic())))  # the paper's cubic, uncapped
   assert refusal["bytes_needed"] > refusal["chip_bytes"]
   last = done.stderr.strip().splitlines()[-1]
   assert last.startswith("cannot measure d=120") and refusal["shape"] in last
