@@ -36,8 +36,8 @@ def test_cubic_is_the_fit_to_the_printed_precision():
 def test_searches_start_where_the_printed_cubic_puts_them():
   """CriticalN.start_n rounds the cubic at d: the same start for every d = 4 … 200 as the
   printed coefficients give (the unrounded fit would move most of them)."""
-  from sweep import sweeps  # imports JAX
-  sweep = sweeps.CriticalN(ConfigDict(dict(k=2, start_n=0)))
+  from sweep import targets  # imports JAX
+  sweep = targets.CriticalN(ConfigDict(dict(k=2, start_n=0)))
   printed = lambda d: max(3, round(sum(c * d**i for i, c in enumerate(PRINTED))))
   assert [sweep.start_n(d) for d in range(4, 201)] == [printed(d) for d in range(4, 201)]
   assert sweep.start_n(45) == 613 and sweep.start_n(100) == 4613
