@@ -23,6 +23,7 @@ from sweep import driver as driver_lib
 from sweep import geometry, hardware, targets
 from sweep import lock as lock_lib
 from sweep import store as store_lib
+from sweep.problems import CRITERIA
 from sweep.store import Store
 
 USAGE = """usage: sweep COMMAND [flags]
@@ -234,8 +235,9 @@ def status(argv) -> None:
 
 
 def verify(argv) -> None:
-  """Re-check a witness in float64 from its arrays alone: every query's relevant documents
-  strictly on top. d, n and the queries are read off the arrays; stored d and n must agree."""
+  """Re-check a witness in float64 from its arrays alone, under the criterion it names (topk
+  when it names none): d, n and the queries are read off the arrays; stored d and n must
+  agree."""
   if len(argv) != 2:
     sys.exit("usage: sweep verify WITNESS.npz")
   path = argv[1]
@@ -246,7 +248,14 @@ def verify(argv) -> None:
       raise ValueError(f"no {', '.join(missing)} array (holds {sorted(arrays)})")
     queries, documents, relevance = (arrays[name] for name in ("queries", "documents",
                                                                "relevance"))
-    margin = construct.margin64(queries, documents, relevance)
+    criterion = str(arrays.get("criterion", "topk"))
+    if criterion not in CRITERIA:
+      raise ValueError(f"it names criterion {criterion!r}: need one of {CRITERIA}")
+    epsilon = arrays.get("criterion_epsilon", np.float64(0.0))
+    if epsilon.shape != () or epsilon.dtype.kind != "f":
+      raise ValueError(f"criterion_epsilon is {epsilon.tolist()!r}: need one float")
+    epsilon = float(epsilon)
+    margin = construct.margin64(queries, documents, relevance, criterion)
     d, n = queries.shape[1], documents.shape[0]
     for name, actual in (("d", d), ("n", n)):
       stored = arrays.get(name)
@@ -255,11 +264,15 @@ def verify(argv) -> None:
         raise ValueError(f"it says {name}={stored.tolist()!r}, its arrays have {name}={actual}")
   except ValueError as error:
     _fail(ValueError(f"{path}: not a witness: {error}"))
-  verdict = (f"verified in float64, margin {margin:.3e}" if margin > 0 else
+  verified = construct.passes(criterion, epsilon, margin)
+  rule = "" if criterion == "topk" else (
+      " (criterion threshold)" if criterion == "threshold" else
+      f" (criterion margin >= {epsilon:g})")
+  verdict = (f"verified in float64{rule}, margin {margin:.3e}" if verified else
              "NOT verified in float64: an embedding is NaN or inf" if math.isnan(margin) else
-             f"NOT verified in float64, margin {margin:.3e}")
+             f"NOT verified in float64{rule}, margin {margin:.3e}")
   print(f"{path}: d={d}, n={n}, {len(queries)} queries: {verdict}")
-  sys.exit(0 if margin > 0 else 1)
+  sys.exit(0 if verified else 1)
 
 
 def geometry_table(argv) -> None:

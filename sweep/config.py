@@ -10,7 +10,7 @@ import math
 
 from ml_collections import ConfigDict
 
-from sweep.problems import LOSS_FORMS, MATMUL_PRECISIONS, TrainSettings
+from sweep.problems import CRITERIA, LOSS_FORMS, MATMUL_PRECISIONS, TrainSettings
 
 
 def default_config() -> ConfigDict:
@@ -23,7 +23,10 @@ def default_config() -> ConfigDict:
       max_slots=64, bucket_slots=0, chunk_evals=20, memory_budget_mb=2048.0, checkpoint_every_s=60.0,
       store_deadline_s=300.0,  # seconds one checkpoint call may wait on an unanswering store
       protocol="free", warm_noise=0.0, qrels="", qrels_sha256="", start_d=0, label="",
-      query_tile=0, matmul_precision="highest"))
+      query_tile=0, matmul_precision="highest",
+      # Beyond the reference (docs/losses.md): the loss's own settings and the success rule.
+      criterion="topk", criterion_epsilon=0.05, hinge_margin=0.1,
+      sigmoid_log_scale=math.log(10), sigmoid_bias=-10.0, sigmoid_train_bias=True))
 
 
 # free: learn queries and documents (the paper). centroid: learn documents only, each query
@@ -79,6 +82,11 @@ def validate_config(config: ConfigDict) -> None:
     _check(min(dims) >= 2 * config.k, "dims", dims,
            f"every d >= 2k = {2 * config.k} for protocol {config.protocol!r}")
   _check(config.loss in LOSS_FORMS, "loss", config.loss, f"one of {LOSS_FORMS}")
+  _check(config.criterion in CRITERIA, "criterion", config.criterion, f"one of {CRITERIA}")
+  _check(config.criterion_epsilon > 0, "criterion_epsilon", config.criterion_epsilon, "> 0")
+  _check(config.hinge_margin > 0, "hinge_margin", config.hinge_margin, "> 0")
+  _check(isinstance(config.sigmoid_train_bias, bool), "sigmoid_train_bias",
+         config.sigmoid_train_bias, "True or False")
   _check(config.matmul_precision in MATMUL_PRECISIONS, "matmul_precision",
          config.matmul_precision, f"one of {MATMUL_PRECISIONS}")
   _check(_is_optax_optimizer(config.optimizer), "optimizer", config.optimizer,
@@ -103,7 +111,9 @@ def settings_of(config: ConfigDict) -> TrainSettings:
                          patience=config.patience, min_delta=config.min_delta,
                          eval_every=config.eval_every, chunk_evals=config.chunk_evals,
                          centroid_queries=config.protocol == "centroid",
-                         query_tile=config.query_tile, matmul_precision=config.matmul_precision)
+                         query_tile=config.query_tile, matmul_precision=config.matmul_precision,
+                         criterion=config.criterion, criterion_epsilon=config.criterion_epsilon,
+                         hinge_margin=config.hinge_margin, train_bias=config.sigmoid_train_bias)
 
 
 # Fields that change how a sweep runs but not what it finds; a resumed run may change them.

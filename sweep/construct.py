@@ -95,7 +95,15 @@ def query_margins(queries, documents, relevance) -> np.ndarray:
   """[q] margins in the dtype of the inputs: lowest relevant minus highest other score.
 
   relevance is a table [q, r] of document indices, -1 where unused. +inf for a query whose
-  every document is relevant. Scores are computed in blocks of queries to bound memory.
+  every document is relevant.
+  """
+  lowest, highest = query_extremes(queries, documents, relevance)
+  return lowest - highest
+
+
+def query_extremes(queries, documents, relevance) -> tuple[np.ndarray, np.ndarray]:
+  """([q] lowest relevant score, [q] highest other score) in the dtype of the inputs, -inf
+  where every document is relevant. Scores are computed in blocks of queries to bound memory.
   """
   queries = np.asarray(queries)
   documents = np.asarray(documents)
@@ -105,7 +113,7 @@ def query_margins(queries, documents, relevance) -> np.ndarray:
   n = documents.shape[0]
   valid = relevance != problems.PAD
   gather = np.where(valid, relevance, n)  # padded entries point at a dummy column of -inf
-  margins = np.empty(len(queries), dtype)
+  lowest, highest = np.empty(len(queries), dtype), np.empty(len(queries), dtype)
   block = max(1, _BLOCK_SCORES // max(n, 1))
   for start in range(0, len(queries), block):
     stop = min(start + block, len(queries))
@@ -113,10 +121,10 @@ def query_margins(queries, documents, relevance) -> np.ndarray:
     scores[:, :n] = queries[start:stop] @ documents.T  # in dtype
     rows = np.arange(stop - start)[:, None]
     columns = gather[start:stop]
-    lowest = np.where(valid[start:stop], scores[rows, columns], np.inf).min(axis=1)
+    lowest[start:stop] = np.where(valid[start:stop], scores[rows, columns], np.inf).min(axis=1)
     scores[rows, columns] = -np.inf
-    margins[start:stop] = lowest - scores.max(axis=1)
-  return margins
+    highest[start:stop] = scores.max(axis=1)
+  return lowest, highest
 
 
 def verify(queries, documents, relevance) -> tuple[bool, float]:
@@ -189,20 +197,31 @@ def check_witness(queries, documents, relevance) -> tuple[np.ndarray, np.ndarray
   return queries, documents, relevance
 
 
-def margin64(queries, documents, relevance) -> float:
-  """The float64 margin of embeddings that claim to retrieve every relevant set strictly:
-  positive certifies them. NaN when an embedding is NaN or inf (an infinite score could
-  fake any margin). Raises (check_witness) where the arrays state no problem to certify."""
+def margin64(queries, documents, relevance, criterion: str = "topk") -> float:
+  """The float64 margin of embeddings under a success criterion (problems.CRITERIA): the
+  smallest query margin (topk, margin), or the lowest relevant score of any query minus the
+  highest other score of any query (threshold). NaN when an embedding is NaN or inf (an
+  infinite score could fake any margin). Raises (check_witness) where the arrays state no
+  problem to certify."""
   queries, documents, relevance = check_witness(queries, documents, relevance)
   if not (np.isfinite(queries).all() and np.isfinite(documents).all()):
     return math.nan
   with np.errstate(over="ignore", invalid="ignore"):  # huge finite rows: an inf score, no margin
-    margin = verify(queries, documents, relevance)[1]
-  return margin if math.isfinite(margin) else math.nan
+    lowest, highest = query_extremes(queries, documents, relevance)
+    margin = (lowest.min() - highest.max() if criterion == "threshold" else
+              (lowest - highest).min())
+  return float(margin) if math.isfinite(margin) else math.nan
 
 
-def certify(success: bool, queries, documents, relevance) -> tuple[bool, float]:
-  """(certified, margin64): a success re-checked in float64 from its final embeddings.
+def passes(criterion: str, epsilon: float, margin: float) -> bool:
+  """Whether a criterion's margin (margin64) meets it: > 0, or >= epsilon for margin."""
+  return margin >= epsilon if criterion == "margin" else margin > 0
+
+
+def certify(success: bool, queries, documents, relevance, criterion: str = "topk",
+            epsilon: float = 0.0) -> tuple[bool, float]:
+  """(certified, margin64): a success re-checked in float64 from its final embeddings, under
+  the criterion it was found under.
 
   A float32 run can "succeed" on ties or rounding (top-k breaks ties by index); the
   certificate asks that every relevant document strictly outranks every other one, in
@@ -210,8 +229,9 @@ def certify(success: bool, queries, documents, relevance) -> tuple[bool, float]:
   protocol trains: finite unit rows. A zero row scores 0 against everything, which can
   outrank negative scores; a NaN or inf row proves nothing at all.
   """
-  margin = margin64(queries, documents, relevance)
-  return bool(success and margin > 0 and unit_rows(queries) and unit_rows(documents)), margin
+  margin = margin64(queries, documents, relevance, criterion)
+  return bool(success and passes(criterion, epsilon, margin) and unit_rows(queries)
+              and unit_rows(documents)), margin
 
 
 def _safe_margin(dtype, k: int) -> float:

@@ -52,7 +52,7 @@ class Driver:
   def _new_pool(self):
     c = self.config
     if c.protocol == "construction":
-      return ConstructionPool(self.target.configuration)
+      return ConstructionPool(self.target.configuration, c.criterion, c.criterion_epsilon)
     slots = scheduler.slots_per_bucket(c.bucket_slots, c.restarts, jax.devices()[0].platform,
                                        jax.device_count())
     return TrainingPool(settings_of(c), self.target.configuration, slots, c.max_slots,
@@ -64,7 +64,8 @@ class Driver:
     """The fields of a probe's results line that say which configuration made it."""
     config = self.target.configuration(probe)
     return dict(d=probe.d, n=probe.n, k=config.k, seed=probe.seed, protocol=self.config.protocol,
-                loss=self.config.loss, optimizer=self.config.optimizer,
+                loss=self.config.loss, criterion=self.config.criterion,
+                optimizer=self.config.optimizer,
                 learning_rate=config.learning_rate, temperature=config.temperature,
                 num_queries=config.query_count)
 
@@ -78,7 +79,8 @@ class Driver:
     for done in finished:
       queries, documents = done.embeddings
       table = self.target.configuration(done.probe).relevance()
-      certified, margin64 = construct.certify(done.outcome["success"], queries, documents, table)
+      certified, margin64 = construct.certify(done.outcome["success"], queries, documents, table,
+                                              self.config.criterion, self.config.criterion_epsilon)
       record = dict(self._made_by(done.probe), **done.outcome, certified=certified,
                     margin64=margin64, wall_seconds=round(done.seconds, 3))
       observed = self.ledger.observe(self.target, done.probe, record, self.config.restarts)
@@ -87,14 +89,13 @@ class Driver:
       if observed.witness is not None:
         self.store.write_witness(observed.witness, dict(
             queries=queries, documents=documents, relevance=table, d=done.probe.d,
-            n=done.probe.n, seed=done.probe.seed, margin64=margin64))
+            n=done.probe.n, seed=done.probe.seed, margin64=margin64,
+            criterion=self.config.criterion, criterion_epsilon=self.config.criterion_epsilon))
     self.store.append_results(lines)
     self._write_report()
 
   def _write_report(self) -> None:
-    ledger = self.ledger
-    self.store.write_report(self.target.REPORT, self.target.report(
-        ledger.searches, ledger.certified, ledger.nonfinite()))
+    self.store.write_report(self.target.REPORT, self.target.report(self.ledger))
 
   def _refuse_foreign(self, records, source) -> None:
     """Raise if a results line was not made by this config (a workdir whose config.json was

@@ -10,8 +10,10 @@ import json
 import math
 
 CRITICAL_N_COLUMNS = ("d", "k", "critical_n", "max_success_n", "lo", "hi", "done", "probes",
-                      "critical_n_certified", "geometric_critical_n", "status")
-_INT_COLUMNS = ("d", "k", "critical_n", "max_success_n", "lo", "hi", "critical_n_certified")
+                      "critical_n_certified", "geometric_critical_n", "status",
+                      "critical_n_median", "seed_successes")
+_INT_COLUMNS = ("d", "k", "critical_n", "max_success_n", "lo", "hi", "critical_n_certified",
+                "critical_n_median")
 # The fields of a result record that resuming, status, plan and plot read, and their types.
 RECORD_FIELDS = {"d": int, "n": int, "k": int, "seed": int, "success": bool,
                  "stop_reason": str, "stop_step": int}
@@ -66,10 +68,10 @@ def _typed_cell(source, line: int, column: str, text: str):
     if text.lower() not in ("true", "false"):
       raise ValueError(f"{source}: line {line}: column 'done' is not true/false: {text!r}")
     return text.lower() == "true"
-  if column not in _INT_COLUMNS:
-    return text
   if not text and column not in ("d", "k"):
     return None  # an open search has no answer yet
+  if column not in _INT_COLUMNS:
+    return text
   try:
     return int(text)
   except ValueError:

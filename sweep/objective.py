@@ -234,18 +234,101 @@ def infonce_loss(queries, documents, relevance, num_queries, num_documents, temp
 
 
 # ---------------------------------------------------------------------------------------
+# Pairwise losses (sigmoid, hinge): each query block's loss is checkpointed, so the backward
+# pass recomputes one block's scores at a time and keeps none of them.
+# ---------------------------------------------------------------------------------------
+
+def _relevant_mask(relevance_block, num_documents):
+  """[tile, n] True where a document is relevant to the block's query (padding never is)."""
+  columns = jnp.arange(num_documents)
+  mask = jnp.zeros((relevance_block.shape[0], num_documents), bool)
+  for r in range(relevance_block.shape[1]):
+    mask |= relevance_block[:, r, None] == columns
+  return mask
+
+
+def _pairwise(block_loss, tile, precision, queries, documents, relevance, num_queries,
+              num_documents, *scalars):
+  """The mean over real queries of block_loss(scores, relevant, real documents, relevance
+  block, *scalars) summed per block; padded queries and documents never count."""
+  rows = queries.shape[0]
+  real = jnp.arange(rows) < num_queries
+  real_documents = jnp.arange(documents.shape[0]) < num_documents
+  blocks = (_blocks(queries, tile, 0.0), _blocks(relevance, tile, -1), _blocks(real, tile, False))
+
+  @jax.checkpoint
+  def block_total(block, documents, scalars):
+    block_queries, relevance_block, real_block = block
+    scores = jnp.matmul(block_queries, documents.T, precision=precision)
+    relevant = _relevant_mask(relevance_block, documents.shape[0])
+    per_query = block_loss(scores, relevant, real_documents, relevance_block, *scalars)
+    return jnp.where(real_block, per_query, 0.0).sum()
+
+  def body(total, block):
+    return total + block_total(block, documents, scalars), None
+
+  total, _ = _over_blocks(body, jnp.zeros((), queries.dtype), blocks, rows)
+  return total / jnp.maximum(num_queries, 1)
+
+
+def _sigmoid_per_query(scores, relevant, real_documents, relevance_block, log_scale, bias):
+  """Each query's mean logistic loss over its relevant documents (label +1) plus its mean over
+  the others (label -1), on logits exp(log_scale) * score + bias: the two groups weigh alike,
+  so the n - k negatives cannot outweigh the k positives by their count."""
+  logits = jnp.exp(log_scale) * scores + bias
+  positive = relevant & real_documents
+  negative = ~relevant & real_documents
+  count = lambda mask: jnp.maximum(mask.sum(axis=-1), 1)
+  return (jnp.where(positive, jax.nn.softplus(-logits), 0.0).sum(axis=-1) / count(positive)
+          + jnp.where(negative, jax.nn.softplus(logits), 0.0).sum(axis=-1) / count(negative))
+
+
+def _hinge_per_query(scores, relevant, real_documents, relevance_block, margin):
+  """Each query's mean over (relevant r, other j) pairs of max(0, margin - (s_r - s_j))."""
+  relevant_scores = jnp.take_along_axis(scores, jnp.maximum(relevance_block, 0), axis=-1)
+  is_relevant = relevance_block >= 0
+  negative = ~relevant & real_documents
+  gaps = margin - relevant_scores[:, :, None] + scores[:, None, :]  # [tile, width, n]
+  pairs = is_relevant[:, :, None] & negative[:, None, :]
+  total = jnp.where(pairs, jax.nn.relu(gaps), 0.0).sum(axis=(1, 2))
+  return total / jnp.maximum(pairs.sum(axis=(1, 2)), 1)
+
+
+def sigmoid_loss(queries, documents, relevance, num_queries, num_documents, log_scale, bias,
+                 tile: int = 0, precision: str = "highest"):
+  """The pairwise logistic loss of SigLIP (arXiv 2303.15343) over every (query, document)
+  pair, its scale t = exp(log_scale) and bias trained with the embeddings, each query's
+  positives and negatives averaged apart (_sigmoid_per_query)."""
+  rows = query_tile(queries.shape[0], documents.shape[0], tile)
+  return _pairwise(_sigmoid_per_query, rows, PRECISIONS[precision], queries, documents,
+                   relevance, num_queries, num_documents, log_scale, bias)
+
+
+def hinge_loss(queries, documents, relevance, num_queries, num_documents, margin,
+               tile: int = 0, precision: str = "highest"):
+  """The margin loss over every (relevant, other) document pair of each query, averaged over
+  a query's pairs, then over queries."""
+  width = max(relevance.shape[1], 1)
+  rows = query_tile(queries.shape[0], documents.shape[0] * width, tile)
+  return _pairwise(_hinge_per_query, rows, PRECISIONS[precision], queries, documents,
+                   relevance, num_queries, num_documents, jnp.asarray(margin, queries.dtype))
+
+
+# ---------------------------------------------------------------------------------------
 # Evaluation, always at full float32 precision: accuracy and margin decide success.
 # ---------------------------------------------------------------------------------------
 
 def retrieval_metrics(queries, documents, relevance, num_queries, num_documents,
                       tile: int = 0):
-  """(top-k accuracy, minimum margin) of one configuration, block by block, with a partial
-  top-k and no sort, at Precision.HIGHEST whatever the training precision.
+  """(top-k accuracy, minimum margin, threshold gap) of one configuration, block by block,
+  with a partial top-k and no sort, at Precision.HIGHEST whatever the training precision.
 
   Accuracy is the reference's: the relevant documents found in each query's top-|R| over
   all relevant documents. The margin of a query is its lowest relevant score minus its
   highest other score; it is positive exactly when the query retrieves its set strictly.
-  The top |R| + 1 scores always hold the highest other one, as |R| <= width.
+  The threshold gap is the lowest relevant score of any query minus the highest other score
+  of any query: positive exactly when one number separates them all. The top |R| + 1 scores
+  always hold the highest other one, as |R| <= width.
   """
   queries, documents, relevance = jnp.asarray(queries), jnp.asarray(documents), jnp.asarray(relevance)
   width = relevance.shape[1]
@@ -269,11 +352,26 @@ def retrieval_metrics(queries, documents, relevance, num_queries, num_documents,
     other = ~top_relevant & (top_scores > _PADDED_SCORE / 2)
     highest_other = jnp.where(other, top_scores, -jnp.inf).max(axis=-1)
     margin = jnp.where(real_block, lowest_relevant - highest_other, jnp.inf).min()
-    found_total, relevant_total, margin_min = carry
-    return (found_total + found, relevant_total + counts.sum(),
-            jnp.minimum(margin_min, margin)), None
+    lowest = jnp.where(real_block, lowest_relevant, jnp.inf).min()
+    highest = jnp.where(real_block, highest_other, -jnp.inf).max()
+    found_total, relevant_total, margin_min, lowest_min, highest_max = carry
+    return (found_total + found, relevant_total + counts.sum(), jnp.minimum(margin_min, margin),
+            jnp.minimum(lowest_min, lowest), jnp.maximum(highest_max, highest)), None
 
   zero = jnp.zeros_like(jnp.asarray(num_queries), jnp.int32)  # varying, as the inputs are
-  (found, relevant, margin), _ = _over_blocks(
-      body, (zero, zero, jnp.full_like(queries[0, 0], jnp.inf)), blocks, queries.shape[0])
-  return found / jnp.maximum(relevant, 1), margin
+  inf = jnp.full_like(queries[0, 0], jnp.inf)
+  (found, relevant, margin, lowest, highest), _ = _over_blocks(
+      body, (zero, zero, inf, inf, -inf), blocks, queries.shape[0])
+  return found / jnp.maximum(relevant, 1), margin, lowest - highest
+
+
+def judge(criterion: str, epsilon, accuracy, margin, threshold_gap):
+  """(passed, the criterion's margin) from retrieval_metrics: topk, every query's relevant
+  set on top (its margin the smallest query margin); threshold, one score separates every
+  relevant score from every other (its margin the threshold gap); margin, every query's
+  margin at least epsilon."""
+  if criterion == "topk":
+    return accuracy >= 1.0, margin
+  if criterion == "threshold":
+    return threshold_gap > 0, threshold_gap
+  return margin >= epsilon, margin

@@ -203,8 +203,10 @@ class ConstructionPool:
   """The `construction` protocol: each admitted probe's closed-form embeddings (float32),
   evaluated at the next round, no training; nothing to checkpoint."""
 
-  def __init__(self, configuration: Callable[[Probe], Configuration]):
+  def __init__(self, configuration: Callable[[Probe], Configuration], criterion: str,
+               epsilon: float):
     self.configuration = configuration
+    self.criterion, self.epsilon = criterion, epsilon
     self.training: list[Probe] = []
     self.buckets: list[scheduler.Bucket] = []  # never any: nothing trains
     self.work = dict.fromkeys(WORK_COUNTERS, 0)
@@ -227,9 +229,12 @@ class ConstructionPool:
     table = config.relevance()
     queries = construct.queries_for_subsets(table, config.n, config.d).astype(np.float32)
     documents = construct.documents_on_curve(config.n, config.k, config.d).astype(np.float32)
-    accuracy, margin = (float(x) for x in objective.retrieval_metrics(
-        queries, documents, table, len(table), config.n))
-    outcome = dict(success=accuracy >= 1.0, max_accuracy=accuracy, final_accuracy=accuracy,
+    accuracy, query_margin, threshold_gap = objective.retrieval_metrics(
+        queries, documents, table, len(table), config.n)
+    passed, margin = (x.item() for x in objective.judge(
+        self.criterion, self.epsilon, accuracy, query_margin, threshold_gap))
+    accuracy = accuracy.item()
+    outcome = dict(success=passed, max_accuracy=accuracy, final_accuracy=accuracy,
                    final_loss=None, best_loss=None, stop_step=0, stop_reason="construction",
                    margin=margin, padded_shape=None)
     return Finished(probe, outcome, (queries, documents), time.time() - started)

@@ -20,7 +20,12 @@ import math
 import numpy as np
 
 PAD = -1  # marks an unused entry of a relevance table
-LOSS_FORMS = ("code", "paper")
+# InfoNCE as the reference script (code) and the paper (paper) write it, SigLIP's pairwise
+# logistic loss (sigmoid) and a pairwise margin loss (hinge): sweep/objective.py.
+LOSS_FORMS = ("code", "paper", "sigmoid", "hinge")
+# What counts as a success: every query's set in its top k (topk), one score separating every
+# relevant score from every other (threshold), every query's margin at least epsilon (margin).
+CRITERIA = ("topk", "threshold", "margin")
 MATMUL_PRECISIONS = ("highest", "high", "default")  # names of jax.lax.Precision values
 
 
@@ -113,6 +118,10 @@ class TrainSettings:
   query_tile: int = 0
   # The training matmul's precision (MATMUL_PRECISIONS); evaluation is always "highest".
   matmul_precision: str = "highest"
+  criterion: str = "topk"  # CRITERIA
+  criterion_epsilon: float = 0.05  # the margin criterion's epsilon
+  hinge_margin: float = 0.1  # the hinge loss's margin gamma, on cosine scores
+  train_bias: bool = True  # the sigmoid loss trains b (else b keeps its initial value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +143,9 @@ class Configuration:
   # Start from the closed-form construction (sweep/construct.py) plus this much Gaussian
   # noise, instead of from noise alone: does the optimiser keep a solution it is handed?
   warm_noise: float | None = None
+  # The sigmoid loss's initial t' and b (SigLIP's: t' = log 10, b = -10), per slot.
+  sigmoid_log_scale: float = math.log(10)
+  sigmoid_bias: float = -10.0
 
   def __post_init__(self):
     if self.table is None:

@@ -16,6 +16,7 @@ import math
 from ml_collections import ConfigDict
 
 from sweep import batching, geometry, qrels, search
+from sweep.ledger import Ledger
 from sweep.problems import Configuration, Probe
 
 # The paper's fit of its Table 6 (k = 2), used to start each search near its boundary.
@@ -23,7 +24,8 @@ PAPER_CUBIC = (-10.5322, 4.0309, 0.0520, 0.0037)
 
 
 def _training(config: ConfigDict) -> dict:
-  return dict(learning_rate=config.learning_rate, temperature=config.temperature)
+  return dict(learning_rate=config.learning_rate, temperature=config.temperature,
+              sigmoid_log_scale=config.sigmoid_log_scale, sigmoid_bias=config.sigmoid_bias)
 
 
 class CriticalN:
@@ -88,7 +90,7 @@ class CriticalN:
                          **_training(c))
 
   def rows(self, searches: dict[str, search.SearchState], certified: dict,
-           nonfinite: frozenset = frozenset()) -> list[dict]:
+           nonfinite: frozenset = frozenset(), seed_outcomes: dict | None = None) -> list[dict]:
     """critical_n.csv: one row per d.
 
     critical_n_certified is the largest n whose success a float64 re-check certified and
@@ -96,15 +98,20 @@ class CriticalN:
     status: open, measured, ceiling (no failure up to max_n), or nonfinite: the failure that
     decides the boundary had a restart that stopped as nonfinite (NaN or inf values or a
     zero-norm row; trainer.StopReason), so nothing was measured and no critical n is given.
+    seed_successes: each probed n's successful restarts out of all, "n:s/R" apart by spaces;
+    critical_n_median: the largest probed n that, with every probed n below it, succeeded in
+    at least half of its restarts (seed_statistics).
     """
     rows = []
     for key, state in searches.items():
       d = int(key.removeprefix("d="))
       failed = {n for n, ok in state.outcomes if not ok}
       proven = [n for n, _ in certified.get(key, []) if n + 1 in failed]
+      seeds = {n: (seed_outcomes or {}).get((d, n), []) for n, _ in state.outcomes}
       row = dict(d=d, k=self.config.k, **search.summary(state),
                  critical_n_certified=max(proven, default=None),
-                 geometric_critical_n=geometry.critical_n_cell(d, self.config.k))
+                 geometric_critical_n=geometry.critical_n_cell(d, self.config.k),
+                 **seed_statistics(seeds))
       row["status"] = ("open" if not row["done"] else
                        "ceiling" if row["hi"] is None else
                        "nonfinite" if (d, row["hi"]) in nonfinite else "measured")
@@ -113,8 +120,8 @@ class CriticalN:
       rows.append(row)
     return rows
 
-  def report(self, searches, certified, nonfinite: frozenset = frozenset()) -> list[dict]:
-    return self.rows(searches, certified, nonfinite)
+  def report(self, ledger) -> list[dict]:
+    return self.rows(ledger.searches, ledger.certified, ledger.nonfinite(), ledger.seed_outcomes)
 
   def progress(self, searches) -> str:
     return " ".join(f"d={r['d']}: {critical_n_text(r)}" for r in self.rows(searches, {}))
@@ -167,11 +174,12 @@ class CriticalD:
     return Configuration(d=probe.d, n=probe.n, k=self.relevance.table.shape[1],
                          seed=probe.seed, table=self.relevance.table, **_training(self.config))
 
-  def report(self, searches, certified, nonfinite: frozenset = frozenset()) -> dict:
+  def report(self, ledger) -> dict:
     """critical_d.json: the relevance source and shape, critical d, every probe, the
     float64 certificate of the success at critical d (its witness file and margin), the
     geometric bounds on d (sweep/geometry.py), and the status: open, measured, or nonfinite
     (the failure that decides the bracket had a restart that stopped as nonfinite)."""
+    searches, certified, nonfinite = ledger.searches, ledger.certified, ledger.nonfinite()
     state = searches[self.KEY]
     summary = search.summary(state)
     to_d = lambda c: None if c is None else self._d(c)
@@ -196,7 +204,7 @@ class CriticalD:
     return report
 
   def progress(self, searches) -> str:
-    r = self.report(searches, {})
+    r = self.report(Ledger(searches))
     return (f"critical d = {r['critical_d']}" if r["done"] else
             f"d in [{r['bracket'][0] or '?'}, {r['bracket'][1]}]")
 
@@ -211,6 +219,18 @@ class CriticalD:
 def for_config(config: ConfigDict):
   """The sweep a config asks for: a qrels file's critical d, else critical n per d."""
   return CriticalD(config) if config.qrels else CriticalN(config)
+
+
+def seed_statistics(seeds: dict[int, list[bool]]) -> dict:
+  """critical_n_median and seed_successes of one search's probed points (n -> the successes
+  of its restarts)."""
+  median = None
+  for n in sorted(seeds):
+    if 2 * sum(seeds[n]) < len(seeds[n]):
+      break
+    median = n
+  return dict(critical_n_median=median, seed_successes=" ".join(
+      f"{n}:{sum(seeds[n])}/{len(seeds[n])}" for n in sorted(seeds)) or None)
 
 
 def critical_n_text(row: dict) -> str:

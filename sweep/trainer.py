@@ -67,8 +67,10 @@ class TrainState:
   best_step: jax.Array    # step of the last improvement by more than min_delta
   accuracy: jax.Array     # float32 [B], at the last evaluation
   max_accuracy: jax.Array
-  margin: jax.Array       # float32 [B], minimum margin at the last evaluation
+  margin: jax.Array       # float32 [B], the criterion's margin at the last evaluation
   stop_reason: jax.Array  # int32 [B], a StopReason
+  log_scale: jax.Array    # float32 [B], the sigmoid loss's t' (its logits scale by exp(t'))
+  bias: jax.Array         # float32 [B], the sigmoid loss's b
 
 
 def pack(configs, shape: BucketShape) -> Slots:
@@ -137,14 +139,23 @@ def initial_embeddings(config: Configuration, centroid_queries: bool = False):
   return queries.astype(np.float32), documents.astype(np.float32)
 
 
+def _params(settings: TrainSettings, queries, documents, log_scale, bias) -> tuple:
+  """What the optimizer trains: the embeddings, and the sigmoid loss's t' and b."""
+  return (queries, documents) + ((log_scale, bias) if settings.loss == "sigmoid" else ())
+
+
+def _state_params(settings: TrainSettings, state: TrainState) -> tuple:
+  return _params(settings, state.queries, state.documents, state.log_scale, state.bias)
+
+
 @functools.cache
 def _opt_state_structure(settings: TrainSettings, shape: BucketShape):
   """The optimizer state's shapes and dtypes for a bucket, traced once per bucket shape."""
   rows = lambda r: jax.ShapeDtypeStruct((shape.slots, r, shape.dims), jnp.float32)
-  return jax.eval_shape(
-      jax.vmap(lambda p, lr: slot_optimizer(settings, lr).init(p)),
-      (rows(shape.queries), rows(shape.documents)),
-      jax.ShapeDtypeStruct((shape.slots,), jnp.float32))
+  per_slot = jax.ShapeDtypeStruct((shape.slots,), jnp.float32)
+  params = _params(settings, rows(shape.queries), rows(shape.documents), per_slot, per_slot)
+  return jax.eval_shape(jax.vmap(lambda p, lr: slot_optimizer(settings, lr).init(p)),
+                        params, per_slot)
 
 
 def _opt_state_zeros(settings: TrainSettings, shape: BucketShape):
@@ -172,13 +183,15 @@ def init_state(settings: TrainSettings, shape: BucketShape, configs, previous: T
       best_step=np.zeros(shape.slots, np.int32), accuracy=np.zeros(shape.slots, np.float32),
       max_accuracy=np.zeros(shape.slots, np.float32),
       margin=np.full(shape.slots, -np.inf, np.float32),
-      stop_reason=np.full(shape.slots, StopReason.EMPTY, np.int32))
+      stop_reason=np.full(shape.slots, StopReason.EMPTY, np.int32),
+      log_scale=np.zeros(shape.slots, np.float32), bias=np.zeros(shape.slots, np.float32))
   for j, config in enumerate(configs):
     if config is not None and source[j] < 0:
       queries, documents = initial_embeddings(config, settings.centroid_queries)
       fresh.queries[j, :len(queries), :config.d] = queries
       fresh.documents[j, :config.n, :config.d] = documents
       fresh.stop_reason[j] = StopReason.RUNNING
+      fresh.log_scale[j], fresh.bias[j] = config.sigmoid_log_scale, config.sigmoid_bias
   moves = np.flatnonzero(source >= 0)
   if not len(moves):
     return fresh
@@ -197,12 +210,17 @@ def init_state(settings: TrainSettings, shape: BucketShape, configs, previous: T
 # ---------------------------------------------------------------------------------------
 
 def slot_loss(settings: TrainSettings, slot: Slots, params):
-  queries, documents = params
+  """The configured loss of one slot's parameters (_params)."""
+  queries, documents = params[:2]
   if settings.centroid_queries:
     queries = _centroids(slot.relevance, documents)[0]
-  return objective.infonce_loss(queries, documents, slot.relevance, slot.num_queries,
-                                slot.num_documents, slot.temperature, settings.loss,
-                                settings.query_tile, settings.matmul_precision)
+  problem = (queries, documents, slot.relevance, slot.num_queries, slot.num_documents)
+  blocks = dict(tile=settings.query_tile, precision=settings.matmul_precision)
+  if settings.loss == "sigmoid":
+    return objective.sigmoid_loss(*problem, *params[2:], **blocks)
+  if settings.loss == "hinge":
+    return objective.hinge_loss(*problem, settings.hinge_margin, **blocks)
+  return objective.infonce_loss(*problem, slot.temperature, settings.loss, **blocks)
 
 
 def _real_rows(flags, count):
@@ -211,8 +229,10 @@ def _real_rows(flags, count):
 
 
 def _slot_step(settings: TrainSettings, slot: Slots, state: TrainState) -> TrainState:
-  params = (state.queries, state.documents)
+  params = _state_params(settings, state)
   loss, grads = jax.value_and_grad(lambda p: slot_loss(settings, slot, p))(params)
+  if settings.loss == "sigmoid" and not settings.train_bias:
+    grads = grads[:3] + (jnp.zeros_like(grads[3]),)  # Adam moves nothing without a gradient
   optimizer = slot_optimizer(settings, slot.learning_rate)
   updates, opt_state = optimizer.update(grads, state.opt_state, params)
   updated = optax.apply_updates(params, updates)
@@ -238,8 +258,11 @@ def _slot_step(settings: TrainSettings, slot: Slots, state: TrainState) -> Train
   reason = jnp.where(running & ~finite, StopReason.NONFINITE, reason)
   reason = jnp.where(take & (step - best_step >= settings.patience), StopReason.PLATEAU, reason)
   reason = jnp.where(take & (step >= settings.max_steps), StopReason.MAX_STEPS, reason)
+  trained = dict(queries=queries, documents=documents)
+  if settings.loss == "sigmoid":
+    trained.update(log_scale=updated[2], bias=updated[3])
   return state.replace(
-      queries=keep(queries, state.queries), documents=keep(documents, state.documents),
+      **{name: keep(value, getattr(state, name)) for name, value in trained.items()},
       opt_state=keep(opt_state, state.opt_state), step=step,
       loss=jnp.where(running, loss, state.loss),
       best_loss=jnp.where(improved, loss, state.best_loss), best_step=best_step,
@@ -272,17 +295,20 @@ def _slot_evaluate(settings: TrainSettings, slot: Slots, state: TrainState,
                    evaluated) -> TrainState:
   """Accuracy and margin after a block, for the slots that ran in it.
 
-  A slot that stopped inside the block is evaluated on its final embeddings; if they
-  retrieve every set, it is a success, as in the reference (any accuracy signal of 1.0).
+  A slot that stopped inside the block is evaluated on its final embeddings; if they meet
+  the criterion (objective.judge), it is a success, as in the reference (any accuracy
+  signal of 1.0, under topk).
   A slot whose state broke in the block stops as NONFINITE instead (_healthy), and its
   metrics, computed from that state, are not kept.
   """
   state = _slot_check(slot, state, evaluated)
-  accuracy, margin = objective.retrieval_metrics(
+  accuracy, query_margin, threshold_gap = objective.retrieval_metrics(
       state.queries, state.documents, slot.relevance, slot.num_queries, slot.num_documents,
       settings.query_tile)
+  passed, margin = objective.judge(settings.criterion, settings.criterion_epsilon, accuracy,
+                                   query_margin, threshold_gap)
   evaluated &= state.stop_reason != StopReason.NONFINITE
-  solved = evaluated & (accuracy >= 1.0)
+  solved = evaluated & passed
   return state.replace(
       accuracy=jnp.where(evaluated, accuracy, state.accuracy),
       max_accuracy=jnp.where(evaluated, jnp.maximum(accuracy, state.max_accuracy),
@@ -358,8 +384,7 @@ def start_optimizer(settings: TrainSettings, slots: Slots, state: TrainState) ->
   """
   def start(slot, slot_state):
     fresh = slot_state.step == 0
-    init = slot_optimizer(settings, slot.learning_rate).init(
-        (slot_state.queries, slot_state.documents))
+    init = slot_optimizer(settings, slot.learning_rate).init(_state_params(settings, slot_state))
     return slot_state.replace(opt_state=jax.tree.map(
         lambda a, b: jnp.where(fresh, a, b), init, slot_state.opt_state))
   return _over_slots(start, slots, state)
@@ -420,7 +445,7 @@ def outcomes(state: TrainState, count: int | None = None) -> list[dict]:
   results = []
   for reason, max_acc, acc, loss, best, step, margin in list(zip(*fields))[:count]:
     results.append(dict(
-        success=bool(max_acc >= 1.0), max_accuracy=float(max_acc), final_accuracy=float(acc),
+        success=bool(reason == StopReason.SUCCESS), max_accuracy=float(max_acc), final_accuracy=float(acc),
         final_loss=float(loss), best_loss=float(best), stop_step=int(step),
         stop_reason=StopReason(int(reason)).name.lower(), margin=float(margin)))
   return results

@@ -51,7 +51,7 @@ def test_the_ledger_finds_the_boundary_its_outcomes_define():
   target, config = _target()
   ledger = Ledger.start(target.specs())
   observed = _drive(ledger, target, config)
-  rows = {r["d"]: r for r in target.report(ledger.searches, ledger.certified, ledger.nonfinite())}
+  rows = {r["d"]: r for r in target.report(ledger)}
   # Any seed's success counts for a point: n = 9 + d succeeds (seed 42), n = 10 + d fails.
   assert {d: (r["critical_n"], r["done"], r["critical_n_certified"]) for d, r in rows.items()} == {
       4: (13, True, 13), 5: (14, True, 14)}

@@ -12,16 +12,24 @@ import numpy as np
 import pytest
 
 from plots import critical_n as cn
-from sweep import paper
+from sweep import formats, paper
 from sweep.store import Store
 
-HEADER = "d,k,critical_n,max_success_n,lo,hi,done,probes\n"
+HEADER = ",".join(formats.CRITICAL_N_COLUMNS) + "\n"
+
+
+def complete_row(row: str) -> str:
+  """A row of its first eight columns (d ... probes), the later ones as a search without
+  certificates, geometry or seed statistics leaves them: empty, and its status."""
+  d, k, critical_n, max_success_n, lo, hi, done, probes = row.split(",")
+  status = "open" if done == "false" else "measured" if critical_n else "ceiling"
+  return f"{row},,,{status},,"
 
 
 def write_workdir(path, rows, results=None, label=None):
   """A fake sweep workdir: critical_n.csv rows as text, optional results.jsonl and config."""
   path.mkdir(parents=True, exist_ok=True)
-  (path / "critical_n.csv").write_text(HEADER + "".join(r + "\n" for r in rows))
+  (path / "critical_n.csv").write_text(HEADER + "".join(complete_row(r) + "\n" for r in rows))
   if results is not None:
     (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
   if label is not None:
@@ -97,7 +105,7 @@ def test_read_critical_n_types_rows(tmp_path):
   rows = cn.read_critical_n(write_workdir(tmp_path, paper_like_rows()))
   assert rows[0] == dict(d=4, k=2, critical_n=10, max_success_n=10, lo=10, hi=11, done=True,
                          probes="5", critical_n_certified=None, geometric_critical_n=None,
-                         status="measured")
+                         status="measured", critical_n_median=None, seed_successes=None)
   assert rows[-1]["status"] == "open"
   assert rows[-1]["critical_n"] is None and rows[-1]["done"] is False
 
@@ -417,10 +425,10 @@ def test_plot_on_bad_results_writes_nothing(tmp_path):
 
 BAD_CSV = {  # case -> critical_n.csv text (None: no file at all)
     "missing": None,
-    "too_few_points": HEADER + "".join(r + "\n" for r in paper_like_rows(range(4, 7))),
+    "too_few_points": HEADER + "".join(complete_row(r) + "\n" for r in paper_like_rows(range(4, 7))),
     "missing_column": "d,k,critical_n\n4,2,10\n",
-    "not_an_integer": HEADER + "4,2,ten,10,10,11,true,5\n",
-    "bad_done": HEADER + "4,2,10,10,10,11,yes,5\n",
+    "not_an_integer": HEADER + complete_row("4,2,ten,10,10,11,true,5") + "\n",
+    "bad_done": HEADER + complete_row("4,2,10,10,10,11,yes,5") + "\n",
     "short_row": HEADER + "4,2,10\n",
     "empty": "",
 }
