@@ -85,12 +85,13 @@ def wait_for(predicate, process, timeout=120):
     time.sleep(0.05)
 
 
-def interrupt(tmp_path, signum, finished_lines):
-  """Run the tiny sweep in a subprocess and send `signum` once results.jsonl has enough
-  lines. Returns the workdir, the run's arguments, return code and stdout, and whether its
-  critical_n.csv still had an open search when it stopped."""
+def interrupt(tmp_path, signum, finished_lines, **overrides):
+  """Run the tiny sweep (with `overrides`) in a subprocess and send `signum` once
+  results.jsonl has enough lines. Returns the workdir, the run's arguments, return code and
+  stdout, and whether its critical_n.csv still had an open search when it stopped."""
   workdir = tmp_path / "interrupted"
-  args = ["run", f"--config={write_config_file(tmp_path / 'tiny.py')}", f"--workdir={workdir}"]
+  config_file = write_config_file(tmp_path / "tiny.py", **overrides)
+  args = ["run", f"--config={config_file}", f"--workdir={workdir}"]
   results = workdir / "results.jsonl"
   process = sweep(*args)
   wait_for(lambda: results.exists() and len(results.read_text().splitlines()) >= finished_lines,
@@ -101,12 +102,14 @@ def interrupt(tmp_path, signum, finished_lines):
   return workdir, args, process.returncode, out, unfinished
 
 
-def test_sigkill_at_any_moment_then_resume_equals_uninterrupted(tmp_path):
-  expected = uninterrupted(tmp_path / "reference")
-  workdir, args, returncode, _, unfinished = interrupt(tmp_path, signal.SIGKILL, finished_lines=6)
+@pytest.mark.parametrize("loss", ["code", "sigmoid"])
+def test_sigkill_at_any_moment_then_resume_equals_uninterrupted(tmp_path, loss):
+  expected = uninterrupted(tmp_path / "reference", loss=loss)
+  workdir, args, returncode, _, unfinished = interrupt(tmp_path, signal.SIGKILL, finished_lines=6,
+                                                       loss=loss)
   assert returncode == -signal.SIGKILL and unfinished  # the kill cut a running sweep short
-  checkpointed = driver_lib.Driver(tiny_config(), Store(str(workdir)))
-  assert checkpointed.restore() and len(checkpointed.state.buckets) >= 2  # several live buckets
+  checkpointed = driver_lib.Driver(tiny_config(loss=loss), Store(str(workdir)))
+  assert checkpointed.restore() and len(checkpointed.pool.buckets) >= 2  # several live buckets
   resumed = sweep(*args)
   out, err = resumed.communicate(timeout=300)
   assert resumed.returncode == 0, err

@@ -1,0 +1,167 @@
+"""The losses beyond InfoNCE, the success criteria and the seed statistics, on tiny problems."""
+
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from sweep import config as config_lib
+from sweep import construct, objective, targets
+from sweep import trainer as T
+from sweep.ledger import Ledger
+from sweep.problems import LOSS_FORMS, Probe
+
+LOSSES = LOSS_FORMS
+
+
+def _loss_at(settings, configs, shape, state, slot=0):
+  slots = T.pack(configs, shape)
+  one = lambda tree: jax.tree.map(lambda x: x[slot], tree)
+  return float(T.slot_loss(settings, one(slots), T._state_params(settings, one(state))))
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_each_loss_lowers_its_own_value_on_a_solvable_problem(loss):
+  settings = T.TrainSettings(loss=loss, max_steps=300, patience=300, eval_every=50)
+  config = T.Configuration(d=4, n=6, seed=3)
+  shape = T.BucketShape.fitting([config])
+  start = _loss_at(settings, [config], shape, T.init_state(settings, shape, [config]))
+  result = T.train([config], settings)[0]
+  assert math.isfinite(start) and result["best_loss"] < 0.9 * start
+
+
+def _trace(settings, configs, shape, steps=60):
+  slots = T.pack(configs, shape)
+  state = jax.jit(T.start_optimizer, static_argnums=0)(
+      settings, slots, T.init_state(settings, shape, configs))
+  step = jax.jit(T.train_step, static_argnums=0)
+  losses = []
+  for _ in range(steps):
+    state = step(settings, slots, state)
+    losses.append(np.asarray(state.loss))
+  return np.stack(losses), T.to_host(state)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_padded_slots_and_documents_change_nothing(loss):
+  settings = T.TrainSettings(loss=loss)
+  config = T.Configuration(d=3, n=6, seed=7)
+  others = [T.Configuration(d=5, n=9, seed=1), T.Configuration(d=2, n=4, seed=3)]
+  alone, alone_state = _trace(settings, [config], T.BucketShape.fitting([config]))
+  batch = [others[0], config, others[1]]
+  together, state = _trace(settings, batch, T.BucketShape.fitting(batch, slots=4))
+  np.testing.assert_allclose(alone[:, 0], together[:, 1], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(T.embeddings(alone_state, 0, config)[1],
+                             T.embeddings(state, 1, config)[1], atol=1e-4)
+  assert (state.stop_reason[3] == T.StopReason.EMPTY) and not state.queries[3].any()
+
+
+def test_sigmoid_scale_and_bias_are_per_slot():
+  settings = T.TrainSettings(loss="sigmoid")
+  plain = T.Configuration(d=3, n=6, seed=7)
+  shifted = T.Configuration(d=3, n=6, seed=7, sigmoid_log_scale=math.log(3.0), sigmoid_bias=-2.0)
+  shape = T.BucketShape.fitting([plain, shifted])
+  losses, state = _trace(settings, [plain, shifted], shape, steps=40)
+  assert state.log_scale[0] != state.log_scale[1] and state.bias[0] != state.bias[1]
+  assert not np.allclose(state.documents[0], state.documents[1])
+  for slot, config in enumerate((plain, shifted)):  # each as it trains alone
+    alone, alone_state = _trace(settings, [config], T.BucketShape.fitting([config]), steps=40)
+    np.testing.assert_allclose(alone[:, 0], losses[:, slot], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(alone_state.bias[0], state.bias[slot], rtol=1e-5)
+  frozen = T.TrainSettings(loss="sigmoid", train_bias=False)
+  _, frozen_state = _trace(frozen, [shifted], T.BucketShape.fitting([shifted]), steps=40)
+  assert frozen_state.bias[0] == np.float32(-2.0) and frozen_state.log_scale[0] != np.float32(
+      math.log(3.0))
+
+
+def _unit(rows):
+  rows = np.asarray(rows, np.float64)
+  return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def _angles(*degrees):
+  return _unit([[math.cos(math.radians(a)), math.sin(math.radians(a))] for a in degrees])
+
+
+# Three documents on a circle at 0, 60 and 120 degrees, each the one relevant document of
+# its query (k = 1); every case below retrieves every set (topk passes).
+DOCUMENTS = _angles(0, 60, 120)
+RELEVANCE = np.array([[0], [1], [2]])
+CASES = {
+    # Each query on its document: margins 0.5, relevant scores 1 above other scores 0.5.
+    "all": _angles(0, 60, 120),
+    # Query 1 at 89 degrees, almost between documents 1 and 2: its margin is cos 29 - cos 31
+    # = 0.018 (fails margin 0.3), yet its relevant score 0.875 is above every other score.
+    "narrow": _angles(0, 89, 120),
+    # Query 0 at -70 degrees: its relevant score cos 70 = 0.34 is below the other score 0.5
+    # that queries 1 and 2 give document 0 and 1 (fails threshold), with a margin of 0.98.
+    "shifted": _angles(-70, 60, 120),
+}
+
+
+def _numpy_criteria(queries, documents, relevance):
+  """(top-k all correct, smallest query margin, threshold gap) by a direct float64 count."""
+  scores = queries @ documents.T
+  relevant = np.zeros_like(scores, bool)
+  np.put_along_axis(relevant, relevance, True, axis=1)
+  lowest = np.where(relevant, scores, np.inf).min(axis=1)
+  highest = np.where(relevant, -np.inf, scores).max(axis=1)
+  topk = all(set(np.argsort(-row)[:relevance.shape[1]]) == set(r) for row, r in
+             zip(scores, relevance))
+  return topk, (lowest - highest).min(), lowest.min() - highest.max()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("criterion", ["topk", "threshold", "margin"])
+def test_each_criterion_agrees_with_a_float64_count(case, criterion):
+  queries, epsilon = CASES[case], 0.3
+  topk, query_margin, threshold_gap = _numpy_criteria(queries, DOCUMENTS, RELEVANCE)
+  expected = {"topk": topk, "threshold": threshold_gap > 0, "margin": query_margin >= epsilon}
+  accuracy, margin, gap = objective.retrieval_metrics(
+      queries.astype(np.float32), DOCUMENTS.astype(np.float32), RELEVANCE, 3, 3)
+  passed, value = objective.judge(criterion, epsilon, accuracy, margin, gap)
+  assert bool(passed) == expected[criterion]
+  margin64 = construct.margin64(queries, DOCUMENTS, RELEVANCE, criterion)
+  assert construct.passes(criterion, epsilon, margin64) == expected[criterion]
+  np.testing.assert_allclose(float(value), margin64, atol=1e-6)
+
+
+def test_the_cases_pass_topk_but_fail_threshold_and_margin_apart():
+  verdicts = {case: _numpy_criteria(q, DOCUMENTS, RELEVANCE) for case, q in CASES.items()}
+  assert all(topk for topk, _, _ in verdicts.values())
+  _, narrow_margin, narrow_gap = verdicts["narrow"]
+  assert narrow_gap > 0 and narrow_margin < 0.3  # passes threshold, fails margin
+  _, shifted_margin, shifted_gap = verdicts["shifted"]
+  assert shifted_gap <= 0 and shifted_margin >= 0.3  # fails threshold, passes margin
+
+
+RESULTS = """\
+{"d": 4, "n": 8, "k": 2, "seed": 42, "success": true, "stop_reason": "success", "stop_step": 50, "certified": true, "margin64": 0.1}
+{"d": 4, "n": 8, "k": 2, "seed": 43, "success": true, "stop_reason": "success", "stop_step": 50, "certified": true, "margin64": 0.1}
+{"d": 4, "n": 8, "k": 2, "seed": 44, "success": false, "stop_reason": "plateau", "stop_step": 900, "certified": false, "margin64": -0.1}
+{"d": 4, "n": 10, "k": 2, "seed": 42, "success": true, "stop_reason": "success", "stop_step": 50, "certified": true, "margin64": 0.1}
+{"d": 4, "n": 10, "k": 2, "seed": 43, "success": false, "stop_reason": "plateau", "stop_step": 900, "certified": false, "margin64": -0.1}
+{"d": 4, "n": 10, "k": 2, "seed": 44, "success": false, "stop_reason": "plateau", "stop_step": 900, "certified": false, "margin64": -0.1}
+{"d": 4, "n": 9, "k": 2, "seed": 42, "success": false, "stop_reason": "plateau", "stop_step": 900, "certified": false, "margin64": -0.1}
+{"d": 4, "n": 9, "k": 2, "seed": 43, "success": false, "stop_reason": "plateau", "stop_step": 900, "certified": false, "margin64": -0.1}
+{"d": 4, "n": 9, "k": 2, "seed": 44, "success": true, "stop_reason": "success", "stop_step": 50, "certified": true, "margin64": 0.1}
+{"d": 4, "n": 11, "k": 2, "seed": 42, "success": false, "stop_reason": "plateau", "stop_step": 900, "certified": false, "margin64": -0.1}
+{"d": 4, "n": 11, "k": 2, "seed": 43, "success": false, "stop_reason": "plateau", "stop_step": 900, "certified": false, "margin64": -0.1}
+{"d": 4, "n": 11, "k": 2, "seed": 44, "success": false, "stop_reason": "plateau", "stop_step": 900, "certified": false, "margin64": -0.1}
+"""
+
+
+def test_critical_n_median_from_a_hand_built_results_file():
+  config = config_lib.default_config()
+  config.update(dims=(4,), restarts=3, max_n=40)
+  target = targets.CriticalN(config)
+  ledger = Ledger.start(target.specs())
+  for line in RESULTS.splitlines():
+    record = json.loads(line)
+    ledger.observe(target, Probe(record["d"], record["n"], record["seed"]), record, 3)
+  row = target.report(ledger)[0]
+  # Any seed: 8, 9 and 10 succeed, 11 fails. Half the seeds: 8 (2/3) does, 9 (1/3) does not.
+  assert row["critical_n"] == 10 and row["critical_n_median"] == 8
+  assert row["seed_successes"] == "8:2/3 9:1/3 10:1/3 11:0/3"
