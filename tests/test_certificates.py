@@ -24,7 +24,7 @@ def test_a_float32_success_that_float64_refutes_is_uncertified():
   margins64 = construct.query_margins(queries.astype(np.float64), documents.astype(np.float64), table)
   for row in np.flatnonzero(margins64 <= 0):
     one = table[row:row + 1]
-    accuracy, _ = objective.retrieval_metrics(queries[row:row + 1], documents, one, 1, n)
+    accuracy, _, _ = objective.retrieval_metrics(queries[row:row + 1], documents, one, 1, n)
     if accuracy == 1.0:
       break
   else:
