@@ -21,6 +21,7 @@ from sweep import checkpoints as checkpoints_lib
 from sweep import compilation, construct
 from sweep import driver as driver_lib
 from sweep import geometry, hardware, targets
+from sweep import qrels as qrels_lib
 from sweep import lock as lock_lib
 from sweep import store as store_lib
 from sweep.problems import CRITERIA
@@ -28,7 +29,7 @@ from sweep.store import Store
 
 USAGE = """usage: sweep COMMAND [flags]
   sweep run --config=experiments/quick.py --workdir=DIR [--config.FIELD=VALUE ...]
-  sweep fit-qrels --qrels=PATH --workdir=DIR [--config=FILE] [--config.FIELD=VALUE ...]
+  sweep fit-qrels --qrels=PATH|all-subsets:n=N,k=K --workdir=DIR [--config=FILE] [--config.FIELD=VALUE ...]
   sweep status --workdir=DIR [--json]
   sweep verify WITNESS.npz
   sweep geometry --k=K --dims=D1,D2,... [--n_unbounded=32] [--lp_max_subsets=2000]
@@ -171,7 +172,7 @@ def run(argv) -> None:
 def fit_qrels(argv) -> None:
   del argv
   config = FLAGS.config
-  config.qrels = os.path.abspath(FLAGS.qrels)
+  config.qrels = FLAGS.qrels if qrels_lib.generated(FLAGS.qrels) else os.path.abspath(FLAGS.qrels)
   store = _sweep(config)
   if store is None:
     return
@@ -415,8 +416,9 @@ def run_main() -> None:
     if command == "run":
       flags.mark_flag_as_required("config")
     else:
-      flags.DEFINE_string("qrels", None, "Relevance: qrels.jsonl, a BEIR .tsv, or an .npz "
-                          "boolean matrix.", required=True)
+      flags.DEFINE_string("qrels", None, "Relevance: qrels.jsonl, a BEIR .tsv, an .npz "
+                          "boolean matrix, or all-subsets:n=N,k=K (every K-subset of N "
+                          "documents).", required=True)
   app.run(COMMANDS[command], flags_parser=_parse_flags)
 
 

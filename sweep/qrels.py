@@ -16,12 +16,14 @@ import json
 import math
 import os
 import pathlib
+import re
 import warnings
 import zipfile
 import zlib
 
 import numpy as np
 
+from sweep import problems
 from sweep.problems import PAD
 
 COLUMNS = ("query-id", "corpus-id", "score")
@@ -226,14 +228,39 @@ def _from_npz(path: pathlib.Path, source: str) -> Relevance:
   return relevance_from_matrix(matrix, source)
 
 
+# The complete k-subset family over n documents, generated instead of read: every k-subset of
+# n documents is a query's relevant set (the top-k problem of the paper, for a critical d).
+ALL_SUBSETS = re.compile(r"all-subsets:n=(\d+),k=(\d+)")
+
+
+def generated(source: str) -> bool:
+  """Whether a qrels source names a generated family, not a file."""
+  return str(source).startswith("all-subsets:")
+
+
+def all_subsets(source: str) -> Relevance:
+  """The relevance of `all-subsets:n=N,k=K`: C(N, K) queries, each one K-subset of N documents."""
+  match = ALL_SUBSETS.fullmatch(source)
+  n, k = (int(x) for x in match.groups()) if match else (0, 0)
+  if not 1 <= k < n:
+    raise ValueError(f"qrels {source!r} is out of range: need all-subsets:n=N,k=K with "
+                     f"1 <= K < N")
+  matrix = np.zeros((math.comb(n, k), n), bool)
+  np.put_along_axis(matrix, problems.colex_subsets(n, k).astype(np.intp), True, axis=1)
+  return relevance_from_matrix(matrix, source)
+
+
 def load_relevance(path: str | os.PathLike) -> Relevance:
-  """Reads qrels.jsonl (MTEB / BEIR), a qrels TSV with header, or an .npz bool matrix.
+  """Reads qrels.jsonl (MTEB / BEIR), a qrels TSV with header, or an .npz bool matrix, or
+  generates a family (`all-subsets:n=N,k=K`).
 
   The format is read from the content, not the suffix: a zip archive ("PK") is an npz, a
   first line starting with '{' (or '[') is JSON lines, anything else is a TSV whose first line
   is the header. Every file that cannot be read as one of them is a one-line ValueError naming
   it.
   """
+  if generated(path):
+    return all_subsets(str(path))
   path = pathlib.Path(path)
   source = str(path)
   try:

@@ -251,3 +251,22 @@ def test_a_missing_qrels_file_is_a_qrels_error(tmp_path):
   assert err.startswith(f"error: qrels {tmp_path / 'nowhere.jsonl'}: cannot be read")
   with pytest.raises(ValueError, match="cannot be read: Is a directory"):
     qrels.load_relevance(tmp_path)
+
+
+def test_the_complete_k_subset_family_is_generated_not_read():
+  relevance = qrels.load_relevance("all-subsets:n=6,k=2")
+  assert relevance.num_queries == 15 and relevance.num_documents == 6
+  assert {tuple(row) for row in relevance.table} == {
+      tuple(row) for row in problems.colex_subsets(6, 2)}
+  for bad in ("all-subsets:n=3,k=3", "all-subsets:n=6", "all-subsets:k=2,n=6"):
+    with pytest.raises(ValueError, match="need all-subsets:n=N,k=K with 1 <= K < N"):
+      qrels.load_relevance(bad)
+
+
+def test_critical_d_of_the_complete_family_beside_its_geometry(tmp_path):
+  # Every pair of 5 documents: 10 pairs exceed 3n - 6 = 9 (no d = 3 polytope holds them), and
+  # the d = 4 moment curve retrieves them all; the optimiser finds d = 4 too.
+  code, out, err = _fit("all-subsets:n=5,k=2", tmp_path / "w", "--config.local_sweep=0")
+  assert code == 0, err
+  assert "all-subsets:n=5,k=2: 10 queries x 5 documents, critical d = 4" in out
+  assert "geometry: exactly d = 4" in out
