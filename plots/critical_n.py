@@ -369,6 +369,63 @@ def draw(
   return fig
 
 
+def success_rates(records: Iterable[dict]) -> dict[int, list[tuple[int, int, int]]]:
+  """Per d, (n, successful restarts, restarts) of every probed n, in order of n."""
+  points: dict[tuple[int, int], list[bool]] = {}
+  for r in records:
+    points.setdefault((r["d"], r["n"]), []).append(bool(r["success"]))
+  rates: dict[int, list[tuple[int, int, int]]] = {}
+  for (d, n), successes in sorted(points.items()):
+    rates.setdefault(d, []).append((n, sum(successes), len(successes)))
+  return rates
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+  """The Wilson score interval of a success rate (95% by default): honest at 0 and 1 of few
+  trials, where the normal approximation collapses to a point."""
+  rate = successes / trials
+  centre = (rate + z * z / (2 * trials)) / (1 + z * z / trials)
+  half = z * np.sqrt(rate * (1 - rate) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+  return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def draw_success_rate(workdirs: Sequence[str | os.PathLike]):
+  """The fraction of restarts that succeeded at each probed n, one line per (sweep, d), with
+  its 95% Wilson band: where the any-seed and the median critical n part ways."""
+  from matplotlib.figure import Figure
+
+  fig = Figure(figsize=(9, 6))
+  ax = fig.subplots()
+  for workdir in workdirs:
+    store = Store(str(workdir), writer=False)
+    name = store.label() if len(workdirs) > 1 else ""
+    for d, points in success_rates(store.read_results()).items():
+      n = [p[0] for p in points]
+      rate = [p[1] / p[2] for p in points]
+      low, high = zip(*(wilson_interval(p[1], p[2]) for p in points))
+      (line,) = ax.plot(n, rate, "o-", markersize=3, label=f"{name} d = {d}".strip())
+      ax.fill_between(n, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
+  ax.axhline(0.5, color="0.5", linestyle=":", linewidth=1)
+  ax.set_xlabel("documents n")
+  ax.set_ylabel("restarts that succeeded")
+  ax.set_ylim(-0.02, 1.02)
+  ax.set_title("Success rate per probed n, with 95% Wilson bands")
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize=8, ncol=2)
+  fig.tight_layout()
+  return fig
+
+
+def _save(fig, out_prefix) -> list[str]:
+  """fig as OUT.png and OUT.pdf, through the store (a gs:// prefix works too)."""
+  paths = [f"{out_prefix}{ext}" for ext in (".png", ".pdf")]
+  for path in paths:
+    image = io.BytesIO()
+    fig.savefig(image, format=path.rsplit(".", 1)[1], dpi=150, bbox_inches="tight")
+    store_lib.write_bytes(path, image.getvalue())
+  return paths
+
+
 def plot(
     workdirs: Sequence[str | os.PathLike],
     out_prefix: str | os.PathLike,
@@ -377,14 +434,8 @@ def plot(
     log: bool = False,
 ) -> list[str]:
   """Measured critical n per d for each workdir over the paper's Table 6 (`draw`); writes
-  .png and .pdf (through the store, so a gs:// prefix works too)."""
-  fig = draw(workdirs, degree=degree, d_min=d_min, log=log)
-  paths = [f"{out_prefix}{ext}" for ext in (".png", ".pdf")]
-  for path in paths:
-    image = io.BytesIO()
-    fig.savefig(image, format=path.rsplit(".", 1)[1], dpi=150, bbox_inches="tight")
-    store_lib.write_bytes(path, image.getvalue())
-  return paths
+  .png and .pdf."""
+  return _save(draw(workdirs, degree=degree, d_min=d_min, log=log), out_prefix)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,6 +453,9 @@ def define_flags(flag_values: flags.FlagValues) -> flags.FlagValues:
       "out", DEFAULT_OUT, "Path prefix of the figure (.png, .pdf) and the fits (.fit.json).",
       flag_values=flag_values)
   flags.DEFINE_bool("log", False, "Log-scale y axis.", flag_values=flag_values)
+  flags.DEFINE_bool("success_rate", False, "Also draw the success rate of the restarts against "
+                    "n per d, with its band (OUT.success_rate.png, .pdf).",
+                    flag_values=flag_values)
   flags.mark_flag_as_required("workdir", flag_values=flag_values)
   return flag_values
 
@@ -412,8 +466,10 @@ def report(
     degree: int = 3,
     d_min: int = 4,
     log: bool = False,
+    success_rate: bool = False,
 ) -> list[str]:
-  """Fit each workdir and print its table, draw them all together, then write the fits.
+  """Fit each workdir and print its table, draw them all together, then write the fits (and,
+  with `success_rate`, the figure of draw_success_rate).
 
   A single sweep must have enough finished dimensions for its fit; in an overlay, a sweep
   without them (one whose searches hit max_n, say) is drawn without a fit. Every input is
@@ -431,7 +487,10 @@ def report(
     print(f"{Store(str(workdir)).label()} ({workdir})")
     print(format_fit_table(fit))
     fits[str(workdir)] = fit
+  rates = draw_success_rate(workdirs) if success_rate else None
   paths = plot(workdirs, out_prefix, degree=degree, d_min=d_min, log=log)
+  if rates is not None:
+    paths += _save(rates, f"{out_prefix}.success_rate")
   if fits:
     paths.append(write_fit_json(out_prefix, fits))
   for path in paths:
@@ -450,7 +509,7 @@ def main(argv: Sequence[str]) -> list[str]:
     if extra:
       raise flags.Error(f"unexpected arguments: {' '.join(extra)}")
     return report(flag_values.workdir, flag_values.out, flag_values.degree, flag_values.d_min,
-                  flag_values.log)
+                  flag_values.log, flag_values.success_rate)
   except (flags.Error, OSError, ValueError) as e:
     sys.exit(f"error: {' '.join(str(e).split())}")
 

@@ -507,3 +507,34 @@ def test_a_search_whose_loss_went_non_finite_is_marked_and_never_fitted(tmp_path
   marked = [h for h in handles if "NaN/inf" in h.get_label()]
   assert len(marked) == 1 and list(marked[0].get_xdata()) == [13] and list(marked[0].get_ydata()) == [3]
   plt.close(fig)
+
+
+# --- success rate -----------------------------------------------------------------------------
+
+
+def test_success_rate_figure_draws_each_probed_n_with_its_band(tmp_path):
+  results = restart_results(dims=(4, 5))
+  workdir = write_workdir(tmp_path / "run", paper_like_rows(range(4, 8), ()), results)
+  paths = cn.main(["critical_n", f"--workdir={workdir}", f"--out={tmp_path / 'fig'}",
+                   "--success_rate"])
+  assert f"{tmp_path / 'fig'}.success_rate.png" in paths
+  ax = cn.draw_success_rate([workdir]).axes[0]
+  lines = {line.get_label(): line for line in ax.get_lines() if line.get_label().startswith("d")}
+  assert sorted(lines) == ["d = 4", "d = 5"]
+  for d in (4, 5):
+    counts = {}
+    for r in results:
+      if r["d"] == d:
+        counts.setdefault(r["n"], []).append(r["success"])
+    x, y = lines[f"d = {d}"].get_data()
+    assert list(x) == sorted(counts)
+    assert list(y) == [sum(counts[n]) / len(counts[n]) for n in sorted(counts)]
+  bands = [c for c in ax.collections]
+  assert len(bands) == 2
+  for band, d in zip(bands, (4, 5)):
+    upper = band.get_paths()[0].vertices[:, 1]
+    assert upper.min() >= 0 and upper.max() <= 1
+  # One success of three: the Wilson band holds 1/3 strictly inside, neither 0 nor 1.
+  low, high = cn.wilson_interval(1, 3)
+  assert 0 < low < 1 / 3 < high < 1
+  assert cn.wilson_interval(3, 3)[1] == 1.0 and cn.wilson_interval(0, 3)[0] == 0.0
