@@ -10,7 +10,7 @@ import pytest
 from sweep import cli, construct, driver as driver_lib, objective, problems
 from sweep import trainer as T
 from sweep.store import Store
-from test_driver import tiny_config
+from helpers import tiny_config
 
 
 def test_a_float32_success_that_float64_refutes_is_uncertified():

@@ -9,7 +9,7 @@ import pytest
 from sweep import batching, memory, plan, search, sweeps
 from sweep import trainer as T
 from sweep.store import Store
-from test_driver import tiny_config
+from helpers import tiny_config
 
 
 def test_replay_closes_each_search_at_the_assumed_boundary():

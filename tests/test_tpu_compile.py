@@ -14,7 +14,7 @@ import pytest
 from sweep import batching, hardware, memory, plan, scheduler, sweeps
 from sweep import trainer as T
 from sweep.config import settings_of
-from test_driver import tiny_config
+from helpers import tiny_config
 
 pytestmark = pytest.mark.tpu
 
