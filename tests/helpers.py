@@ -6,7 +6,10 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 from sweep import config as config_lib
+from sweep import construct, problems
 from sweep import driver as driver_lib
 from sweep.store import Store
 
@@ -63,3 +66,12 @@ def wait_for(predicate, process, timeout=120):
     assert process.poll() is None, process.communicate()
     assert time.monotonic() < deadline
     time.sleep(0.05)
+
+
+def curve_witness(n, k, d=None, dtype=np.float64):
+  """(queries [C(n, k), d], documents [n, d]) of the closed-form d = 2k witness, zero-padded
+  to d, query i for colex_subsets(n, k)[i]; built in float64 and cast to dtype, as the
+  driver's construction protocol builds its embeddings."""
+  d = 2 * k if d is None else d
+  queries = construct.queries_for_subsets(problems.colex_subsets(n, k), n, d)
+  return queries.astype(dtype), construct.documents_on_curve(n, k, d).astype(dtype)

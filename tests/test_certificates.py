@@ -10,7 +10,7 @@ import pytest
 from sweep import cli, construct, driver as driver_lib, objective, problems
 from sweep import trainer as T
 from sweep.store import Store
-from helpers import tiny_config
+from helpers import curve_witness, tiny_config
 
 
 def test_a_float32_success_that_float64_refutes_is_uncertified():
@@ -66,7 +66,7 @@ def test_centroid_queries_reach_n_20_at_d_8():
 def test_warm_start_begins_at_the_construction():
   config = T.Configuration(d=4, n=12, warm_noise=0.0)
   state = T.init_state(T.TrainSettings(), T.BucketShape.fitting([config]), [config])
-  queries, documents = construct.construction(12, 2, 4, dtype=np.float32)
+  queries, documents = curve_witness(12, 2, 4, np.float32)
   np.testing.assert_allclose(state.queries[0], queries, atol=1e-6)
   np.testing.assert_allclose(state.documents[0], documents, atol=1e-6)
 
@@ -86,7 +86,7 @@ def test_construction_protocol_needs_no_training(tmp_path):
 
 def _witness(**changes):
   """A valid witness of the d = 4 construction at n = 5 (as the driver writes one), changed."""
-  queries, documents = construct.construction(5, 2)
+  queries, documents = curve_witness(5, 2)
   arrays = dict(queries=queries.astype(np.float32), documents=documents.astype(np.float32),
                 relevance=problems.colex_subsets(5, 2), d=4, n=5, seed=0, margin64=0.1)
   arrays.update(changes)
@@ -159,7 +159,7 @@ def test_verify_refuses_unreadable_files_in_one_line(tmp_path, capsys):
 
 def test_verify_refuses_non_finite_embeddings(tmp_path, capsys):
   for value in (np.nan, np.inf):
-    documents = construct.construction(5, 2)[1]
+    documents = curve_witness(5, 2)[1]
     documents[0, 0] = value  # an infinite score of a relevant document could fake any margin
     np.savez(tmp_path / "w.npz", **_witness(documents=documents))
     code, out, _ = _verify(tmp_path / "w.npz", capsys)
@@ -167,7 +167,7 @@ def test_verify_refuses_non_finite_embeddings(tmp_path, capsys):
 
 
 def test_certificates_refuse_arrays_that_certify_nothing():
-  queries, documents = construct.construction(5, 2)
+  queries, documents = curve_witness(5, 2)
   with pytest.raises(ValueError, match="row 0 has no relevant document"):
     construct.certify(True, queries, documents, np.full((10, 2), -1))
   assert np.isnan(construct.margin64(queries * np.inf, documents, problems.colex_subsets(5, 2)))
