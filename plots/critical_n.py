@@ -349,7 +349,7 @@ def plot(
   paper = [r for r in read_paper_table6() if r["d"] <= d_max]
   ks = sorted({r["k"] for rows in all_rows for r in rows})
 
-  import matplotlib  # only where a figure is drawn: importing it costs a second
+  import matplotlib  # only where a figure is drawn: importing it is slow
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 

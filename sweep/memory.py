@@ -1,10 +1,10 @@
 """The device memory one slot needs, measured from its compiled program, and what the
 devices have.
 
-XLA's buffer assignment knows exactly which arrays of a program are live at once; an
-assumed number of copies per array does not. The program is compiled for the devices it
-will run on: this process's own, or the chips of a TPU slice this machine does not have
-(hardware.tpu_devices), so that a plan made anywhere sees what the TPU compiler sees.
+Measured, since only XLA's buffer assignment knows which arrays of a program are live at
+once. The program is compiled for the devices it will run on: this process's own, or the
+chips of a TPU slice this machine does not have (hardware.tpu_devices), so that a plan made
+anywhere sees what the TPU compiler sees.
 Compiling only to measure costs seconds, so on a CPU callers measure only where a
 conservative estimate does not already fit (batching.slots_within).
 """
