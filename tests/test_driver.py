@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from sweep import config as config_lib
+from sweep import construct
 from sweep import problems
 from sweep import driver as driver_lib
 from sweep import sweeps
@@ -254,11 +255,23 @@ def test_critical_d_of_all_pairs_is_exact_geometry(tmp_path, n, critical_d):
 
 
 def test_relevant_sets_of_mixed_sizes_train(tmp_path):
+  sets = [[0], [1, 2], [3, 4, 5], [0, 5]]
   matrix = np.zeros((4, 6), bool)
-  for row, docs in enumerate([[0], [1, 2], [3, 4, 5], [0, 5]]):
+  for row, docs in enumerate(sets):
     matrix[row, docs] = True
+  # Exact geometry: d = 1 cannot retrieve four different sets (unit documents are +-1), and
+  # d = 2 can: with the documents on a regular hexagon in the order 1, 2, 3, 4, 5, 0, each
+  # set is an arc, retrieved by the unit query through its centre.
+  angles = 2 * np.pi * np.array([5, 0, 1, 2, 3, 4]) / 6
+  documents = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+  queries = np.stack([documents[docs].sum(axis=0) for docs in sets])
+  queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+  table = np.array([docs + [problems.PAD] * (3 - len(docs)) for docs in sets])
+  assert construct.verify(queries, documents, table)[0]
   report = fit_matrix(tmp_path, matrix, start_d=4)
-  assert report["done"] and 1 <= report["critical_d"] <= 4
+  assert report["geometry"]["lower_d"] == 2
+  assert report["done"] and report["critical_d"] == 2
+  assert {p["d"]: p["success"] for p in report["probes"]}[1] is False
   records = [json.loads(line) for line in (tmp_path / "w" / "results.jsonl").read_text().splitlines()]
   assert {r["k"] for r in records} == {3} and all(r["num_queries"] == 4 for r in records)
   assert any(r["success"] for r in records if r["d"] == report["critical_d"])
