@@ -37,8 +37,21 @@ def test_plan_reports_compiled_memory_and_cost_per_dimension():
     assert row["slots_fit"] == config.max_slots  # tiny slots: the bucket limit binds
   bigger = [r["step_gflop"] for r in report["dims"]]
   assert bigger[1] > bigger[0]
-  assert report["wall_hours"] >= report["longest_chain_hours"] > 0
-  assert report["wall_hours"] >= report["work_hours"] / report["chips"]
+  # Each search starts at its assumed boundary n = 8 with two points a round, so its one
+  # round probes 8 (a success) and 9 (a failure) and closes with no sweep (local_sweep=0):
+  # its chain is one failure's steps, its work both probes' steps for every restart, each
+  # step the roofline of the compiled costs, a chain step never shorter than the launch floor.
+  assert plan.SUCCESS_STEPS % config.eval_every == plan.FAILURE_STEPS % config.eval_every == 0
+  chain = work = 0.0
+  for row in report["dims"]:
+    assert row["rounds"] == 1
+    step = max(row["step_gflop"] * 1e9 / device.flops[report["precision"]],
+               row["step_gb"] * 1e9 / device.bandwidth)
+    chain = max(chain, plan.FAILURE_STEPS * max(step, device.launch_floor_s))
+    work += config.restarts * (plan.SUCCESS_STEPS + plan.FAILURE_STEPS) * step
+  assert report["longest_chain_hours"] == pytest.approx(chain / 3600)
+  assert report["work_hours"] == pytest.approx(work / 3600)
+  assert report["wall_hours"] == pytest.approx(max(work / device.chips, chain) / 3600)
 
 
 def test_calibration_takes_mean_stop_steps_per_outcome_and_dimension():
