@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sweep import cli, construct, driver as driver_lib, objective, problems
-from sweep import trainer as T
+from sweep import trainer
 from sweep.store import Store
 from helpers import curve_witness, tiny_config
 
@@ -54,8 +54,8 @@ def test_sweep_certifies_ordinary_successes_and_keeps_a_witness(tmp_path):
 
 
 def test_centroid_queries_reach_n_20_at_d_8():
-  settings = T.TrainSettings(centroid_queries=True)
-  result = T.train([T.Configuration(d=8, n=20)], settings, return_embeddings=True)[0]
+  settings = trainer.TrainSettings(centroid_queries=True)
+  result = trainer.train([trainer.Configuration(d=8, n=20)], settings, return_embeddings=True)[0]
   assert result["success"]
   table = problems.colex_subsets(20, 2)
   centroids = result["documents"][table].sum(axis=1)
@@ -64,8 +64,9 @@ def test_centroid_queries_reach_n_20_at_d_8():
 
 
 def test_warm_start_begins_at_the_construction():
-  config = T.Configuration(d=4, n=12, warm_noise=0.0)
-  state = T.init_state(T.TrainSettings(), T.BucketShape.fitting([config]), [config])
+  config = trainer.Configuration(d=4, n=12, warm_noise=0.0)
+  state = trainer.init_state(trainer.TrainSettings(), trainer.BucketShape.fitting([config]),
+                             [config])
   queries, documents = curve_witness(12, 2, 4, np.float32)
   np.testing.assert_allclose(state.queries[0], queries, atol=1e-6)
   np.testing.assert_allclose(state.documents[0], documents, atol=1e-6)
