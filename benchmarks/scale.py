@@ -32,7 +32,7 @@ import numpy as np
 from absl import app, flags
 
 from sweep import batching, objective, paper, plan
-from sweep import trainer as T
+from sweep import trainer
 
 _DIMS = flags.DEFINE_list("dims", ["8", "16", "24", "32"], "dimensions (45 needs an accelerator)")
 _STEPS = flags.DEFINE_integer("steps", 50, "training steps per timed run")
@@ -43,17 +43,17 @@ _MEASURE = flags.DEFINE_integer("measure_memory_of", 0, "internal: measure one d
 
 def slot_of(d: int):
   n = {r["d"]: r["critical_n"] for r in paper.read_table6()}[d]
-  config = T.Configuration(d=d, n=n)
+  config = trainer.Configuration(d=d, n=n)
   return config, batching.shape_class(config)
 
 
 def timed_steps(settings, config, shape):
   """A jitted run of --steps trainer steps of one slot, ready to time."""
-  slots = T.place(T.pack([config], shape))
-  state = jax.jit(T.start_optimizer, static_argnums=0)(
-      settings, slots, T.place(T.init_state(settings, shape, [config])))
+  slots = trainer.place(trainer.pack([config], shape))
+  state = jax.jit(trainer.start_optimizer, static_argnums=0)(
+      settings, slots, trainer.place(trainer.init_state(settings, shape, [config])))
   run = jax.jit(lambda slots, state: jax.lax.fori_loop(
-      0, _STEPS.value, lambda _, s: T.train_step(settings, slots, s), state))
+      0, _STEPS.value, lambda _, s: trainer.train_step(settings, slots, s), state))
   compiled = run.lower(slots, state).compile()
   jax.block_until_ready(compiled(slots, state))
   return lambda: jax.block_until_ready(compiled(slots, state))
@@ -88,9 +88,9 @@ def heap_bytes() -> int:
 
 def chunk_runner(settings, config, shape):
   """A compiled training chunk of one slot and a call that runs it on freshly placed inputs."""
-  slots, state = T.pack([config], shape), T.init_state(settings, shape, [config])
-  chunk = T.train_chunk.lower(settings, slots, state, True).compile()
-  return lambda: jax.block_until_ready(chunk(T.place(slots), T.place(state), True))
+  slots, state = trainer.pack([config], shape), trainer.init_state(settings, shape, [config])
+  chunk = trainer.train_chunk.lower(settings, slots, state, True).compile()
+  return lambda: jax.block_until_ready(chunk(trainer.place(slots), trainer.place(state), True))
 
 
 def measure_memory(d: int) -> int:
@@ -100,9 +100,9 @@ def measure_memory(d: int) -> int:
   A tiny chunk runs first, so that what the runtime sets up once (thread pools, kernel
   state) is not counted as the slot's.
   """
-  settings = T.TrainSettings(max_steps=_STEPS.value, eval_every=_STEPS.value, chunk_evals=1)
-  tiny = T.Configuration(d=2, n=4)
-  chunk_runner(settings, tiny, T.BucketShape.fitting([tiny]))()
+  settings = trainer.TrainSettings(max_steps=_STEPS.value, eval_every=_STEPS.value, chunk_evals=1)
+  tiny = trainer.Configuration(d=2, n=4)
+  chunk_runner(settings, tiny, trainer.BucketShape.fitting([tiny]))()
   run = chunk_runner(settings, *slot_of(d))
   device = jax.local_devices()[0]
   if device.memory_stats():
@@ -137,7 +137,7 @@ def main(argv):
     print(json.dumps({"bytes": measure_memory(_MEASURE.value)}))
     return
   device = plan.device_named(_DEVICE.value)
-  settings = T.TrainSettings(max_steps=_STEPS.value, eval_every=_STEPS.value, chunk_evals=1)
+  settings = trainer.TrainSettings(max_steps=_STEPS.value, eval_every=_STEPS.value, chunk_evals=1)
   print(f"one slot, {_STEPS.value} steps per run, best of {_REPEATS.value}, on "
         f"{jax.devices()[0].device_kind}; plan roofline on {device.name}")
   print(f"{'d':>3} {'n':>4} {'shape q x n x d':>18} {'auto rows':>9} {'1blk st/s':>9} "

@@ -17,16 +17,16 @@ import optax
 from absl import app, flags
 
 from sweep import objective
-from sweep import trainer as T
+from sweep import trainer
 
 _DIMS = flags.DEFINE_integer("dims", 8, "embedding dimension d")
 _NS = flags.DEFINE_list("ns", [str(n) for n in range(22, 37, 2)], "document counts n")
 
 
-def host_loop(config: T.Configuration, settings: T.TrainSettings) -> bool:
+def host_loop(config: trainer.Configuration, settings: trainer.TrainSettings) -> bool:
   """One configuration, one dispatch per step, evaluation on the host."""
   table = config.relevance()
-  params = tuple(jnp.asarray(x) for x in T.initial_embeddings(config))
+  params = tuple(jnp.asarray(x) for x in trainer.initial_embeddings(config))
   optimizer = optax.adam(config.learning_rate)
 
   @jax.jit
@@ -55,12 +55,12 @@ def host_loop(config: T.Configuration, settings: T.TrainSettings) -> bool:
 
 def main(argv):
   del argv
-  settings = T.TrainSettings()
-  configs = [T.Configuration(d=_DIMS.value, n=int(n)) for n in _NS.value]
+  settings = trainer.TrainSettings()
+  configs = [trainer.Configuration(d=_DIMS.value, n=int(n)) for n in _NS.value]
   print(f"{len(configs)} configurations, d={_DIMS.value}, n={_NS.value}, on {jax.devices()[0].platform}")
 
   start = time.perf_counter()
-  batched = T.train(configs, settings)
+  batched = trainer.train(configs, settings)
   batched_seconds = time.perf_counter() - start
 
   start = time.perf_counter()

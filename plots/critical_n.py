@@ -339,7 +339,7 @@ def draw(
   table = [r for r in paper.read_table6() if r["d"] <= d_max]
   ks = sorted({r["k"] for rows in all_rows for r in rows})
 
-  import matplotlib  # only where a figure is drawn: importing it costs a second
+  import matplotlib  # only where a figure is drawn: importing it is slow
   from matplotlib.figure import Figure
 
   fig = Figure(figsize=(9, 6))

@@ -6,20 +6,17 @@ curve form a k-neighbourly polytope, and for every k-subset S there is a query w
 top-k is S, for every n (docs/PROTOCOL.md, "Exact geometry"). The only limit is floating point:
 the retrieval margin shrinks like (2*pi/n)^(2k), so in float32 the witnesses stop verifying at
 a modest n, and in float64 far later. This module builds the witnesses with numpy alone (no
-solver, no training), verifies them in a chosen dtype and measures that floating-point limit.
+solver, no training) and verifies them in a chosen dtype.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 
 from sweep import problems
 
-N_MAX = 2000  # default cap of largest_verified_n: C(2000, 2) = 2M queries x 2000 documents
-MAX_QUERIES = 4_000_000  # largest query table a full check of largest_verified_n builds
 _BLOCK_SCORES = 1 << 22  # scores per block of verify: bounds its memory to ~32 MB in float64
 
 
@@ -75,20 +72,6 @@ def queries_for_subsets(subsets: np.ndarray, n: int, d: int) -> np.ndarray:
   queries[:, 0:2 * k:2] = -2 * positive.real  # the leading minus of p_S
   queries[:, 1:2 * k:2] = 2 * positive.imag
   return queries / np.linalg.norm(queries, axis=1, keepdims=True)
-
-
-def construction(n: int, k: int, d: int | None = None, dtype=np.float64):
-  """(queries [C(n, k), d], documents [n, d]) in dtype; query i serves colex_subsets(n, k)[i].
-
-  Computed in float64 and cast at the end, so a lower precision shows its rounding. d
-  defaults to 2k; larger d pads with zero columns.
-  """
-  d = 2 * k if d is None else d
-  _check_dimension(d, k)
-  subsets = problems.colex_subsets(n, k)
-  queries = queries_for_subsets(subsets, n, d)
-  documents = documents_on_curve(n, k, d)
-  return queries.astype(dtype), documents.astype(dtype)
 
 
 def query_margins(queries, documents, relevance) -> np.ndarray:
@@ -233,88 +216,3 @@ def certify(success: bool, queries, documents, relevance, criterion: str = "topk
   return bool(success and passes(criterion, epsilon, margin) and unit_rows(queries)
               and unit_rows(documents)), margin
 
-
-def _safe_margin(dtype, k: int) -> float:
-  """A margin that rounding cannot flip: 4x a bound on the error of a computed margin.
-
-  A score of unit vectors in d = 2k dimensions computed in dtype is off by at most about
-  (d + 2) u from the exact one (u = eps / 2: casting each vector, then a d-term dot product),
-  so a margin by at most (d + 2) eps.
-  """
-  return 4 * (2 * k + 2) * float(np.finfo(dtype).eps)
-
-
-def construction_margin(n: int, k: int, dtype, *, anchored: bool = False,
-                        max_queries: int = MAX_QUERIES) -> float:
-  """The margin of verify() for the d = 2k construction of n documents, built block by block.
-
-  anchored=True checks only the subsets holding document 0, one per orbit of the rotation
-  t -> t + 2 pi / n: C(n-1, k-1) queries instead of C(n, k), the same margin in exact
-  arithmetic, and in floating point a slightly optimistic one (fewer rounding draws).
-  A full check refuses n with more than max_queries queries.
-  """
-  if anchored:
-    rest = problems.colex_subsets(n - 1, k - 1) + 1
-    subsets = np.concatenate([np.zeros((len(rest), 1), np.int32), rest], axis=1)
-  else:
-    count = math.comb(n, k)
-    if count > max_queries:
-      raise ValueError(
-          f"n={n} is out of range for a full check: C(n, k)={count} > max_queries="
-          f"{max_queries}; lower n_max or pass anchored=True")
-    subsets = problems.colex_subsets(n, k)
-  documents = documents_on_curve(n, k, 2 * k).astype(dtype)
-  margin = math.inf
-  block = max(1, _BLOCK_SCORES // n)
-  for start in range(0, len(subsets), block):  # queries too are built a block at a time
-    rows = subsets[start:start + block]
-    queries = queries_for_subsets(rows, n, 2 * k).astype(dtype)
-    margin = min(margin, verify(queries, documents, rows)[1])
-  return margin
-
-
-def largest_verified_n(k: int, dtype, n_max: int = N_MAX, *, anchored: bool = False,
-                       max_queries: int = MAX_QUERIES) -> int:
-  """The largest n <= n_max such that the d = 2k construction verifies in dtype at every n'
-  in k+1..n: one less than the first failing n, or n_max (the cap) if none fails.
-
-  Near the limit the outcome flickers (in float32 with k = 2, n = 165 fails, 166..172 pass,
-  173 fails, ...), because the rounding noise is about as large as the margin, so the first
-  failure must be found one n at a time; far below it nothing can fail. The exact margin
-  decreases with n, like (2 pi / n)^(2k), so once a computed margin exceeds _safe_margin
-  (4x the rounding bound), no smaller n can fail. The scan therefore gallops upward
-  (k+1, k+2, k+4, ..., n_max) until a failure or n_max, bisects for the largest n whose
-  margin is still safe, and checks every n above it one at a time up to the first failure.
-  Each check is verify() on all C(n, k) queries (or, anchored=True, one per rotation orbit;
-  see construction_margin), scored in blocks; its cost grows like n^(k+1).
-  """
-  if k < 1:
-    raise ValueError(f"k={k} is out of range: need k >= 1")
-  if n_max < k + 1:
-    raise ValueError(f"n_max={n_max} is out of range: need n_max >= k + 1 = {k + 1}")
-  safe = _safe_margin(dtype, k)
-
-  @functools.cache
-  def margin(n):
-    return construction_margin(n, k, dtype, anchored=anchored, max_queries=max_queries)
-
-  safe_n, unsafe_n, n, step = k, None, k + 1, 1
-  while True:
-    m = margin(n)
-    if m <= safe:
-      unsafe_n = n
-      break
-    safe_n = n
-    if n == n_max:
-      return n_max
-    n, step = min(n + step, n_max), 2 * step
-  while unsafe_n - safe_n > 1:  # the last n with a safe margin
-    middle = (safe_n + unsafe_n) // 2
-    if margin(middle) > safe:
-      safe_n = middle
-    else:
-      unsafe_n = middle
-  for n in range(safe_n + 1, n_max + 1):
-    if margin(n) <= 0:
-      return n - 1
-  return n_max

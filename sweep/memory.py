@@ -1,10 +1,10 @@
 """The device memory one slot needs, measured from its compiled program, and what the
 devices have.
 
-XLA's buffer assignment knows exactly which arrays of a program are live at once; an
-assumed number of copies per array does not. The program is compiled for the devices it
-will run on: this process's own, or the chips of a TPU slice this machine does not have
-(hardware.tpu_devices), so that a plan made anywhere sees what the TPU compiler sees.
+Measured, since only XLA's buffer assignment knows which arrays of a program are live at
+once. The program is compiled for the devices it will run on: this process's own, or the
+chips of a TPU slice this machine does not have (hardware.tpu_devices), so that a plan made
+anywhere sees what the TPU compiler sees.
 Compiling only to measure costs seconds, so on a CPU callers measure only where a
 conservative estimate does not already fit (batching.slots_within).
 """
@@ -17,32 +17,33 @@ import functools
 import jax
 
 from sweep import hardware, objective
-from sweep import trainer as T
+from sweep import trainer
 
 
-def abstract_bucket(settings: T.TrainSettings, shape: T.BucketShape, mesh=None):
+def abstract_bucket(settings: trainer.TrainSettings, shape: trainer.BucketShape, mesh=None):
   """Empty slots and the abstract state of `shape`, split over `mesh` when given: enough to
   compile its programs."""
-  sharding = None if mesh is None else T.slot_sharding(mesh)
+  sharding = None if mesh is None else trainer.slot_sharding(mesh)
   abstract = lambda tree: jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
-  return (abstract(T.pack([None] * shape.slots, shape)),
-          abstract(T.init_state(settings, shape, [])))
+  return (abstract(trainer.pack([None] * shape.slots, shape)),
+          abstract(trainer.init_state(settings, shape, [])))
 
 
 @functools.cache
-def compiled_chunk(settings: T.TrainSettings, shape: T.BucketShape,
+def compiled_chunk(settings: trainer.TrainSettings, shape: trainer.BucketShape,
                    devices: tuple | None = None, slots_per_device: int = 1):
   """The training chunk of `shape` with `slots_per_device` slots on each of `devices`
   (default: this process's), compiled, never run; or, where a TPU compiler refuses it as
   too large for a chip, (temporaries required, memory available) in bytes."""
-  mesh = T.slot_mesh(devices)
+  mesh = trainer.slot_mesh(devices)
   shape = dataclasses.replace(shape, slots=slots_per_device * mesh.size)
   # The automatic query tile of the devices compiled for, not of this process's backend.
   platform = mesh.devices.flat[0].platform
   settings = dataclasses.replace(settings, query_tile=objective.query_tile(
       shape.queries, shape.documents, settings.query_tile, objective.auto_tile_bytes(platform)))
-  lowered = T.train_chunk.lower(settings, *abstract_bucket(settings, shape, mesh), True, mesh=mesh)
+  lowered = trainer.train_chunk.lower(settings, *abstract_bucket(settings, shape, mesh), True,
+                                     mesh=mesh)
   try:
     return lowered.compile()
   except Exception as error:  # the compiler's own error type; only running out of memory is ours
@@ -52,7 +53,7 @@ def compiled_chunk(settings: T.TrainSettings, shape: T.BucketShape,
     return too_large
 
 
-def argument_bytes(settings: T.TrainSettings, shape: T.BucketShape) -> int:
+def argument_bytes(settings: trainer.TrainSettings, shape: trainer.BucketShape) -> int:
   """Bytes of one slot's inputs (relevance, embeddings, optimizer state): exact, and a lower
   bound of its memory that needs no compile."""
   one = dataclasses.replace(shape, slots=1)
@@ -66,7 +67,7 @@ def program_bytes(compiled: jax.stages.Compiled) -> int:
           + m.temp_size_in_bytes)
 
 
-def measured_slot_bytes(settings: T.TrainSettings, shape: T.BucketShape,
+def measured_slot_bytes(settings: trainer.TrainSettings, shape: trainer.BucketShape,
                         devices: tuple | None = None) -> int:
   """Device memory one slot of `shape` needs while training (one slot per device); for a
   program the compiler refused as too large, its arguments and the temporaries it named."""

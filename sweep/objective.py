@@ -26,13 +26,9 @@ from sweep.problems import MATMUL_PRECISIONS
 # Matmul precision of training, by name: what each computes per device is in
 # docs/planning-and-tpu.md, "What each device computes".
 PRECISIONS = {name: jax.lax.Precision[name.upper()] for name in MATMUL_PRECISIONS}
-# The automatic block: the most query rows whose scores take at most this many bytes. On a
-# CPU, blocks about the size of the L2 caches (measured on a 2-core EPYC, 1 MiB L2 per
-# core): 2 MiB blocks beat 1 MiB ones by up to 15% at d = 16-32 and come within 7% of the
-# fastest (3-4 MiB), while XLA's fused CPU kernels allocate a copy of any block above
-# 2 MiB outside the memory XLA reports; blocks of 14 MiB and more are 15-20% slower. An
-# accelerator wants large matmuls, and 16 MiB blocks keep a d = 45 step's temporaries at
-# 0.1x of one q x n matrix (64 MiB: 0.5x).
+# The automatic block: the most query rows whose scores take at most this many bytes. A CPU
+# is fastest on blocks near its L2 cache size, an accelerator on large matmuls; the sizes
+# are measured in docs/planning-and-tpu.md ("Memory of the loss").
 AUTO_TILE_BYTES = {"cpu": 2 * 2**20}
 AUTO_TILE_BYTES_ACCELERATOR = 16 * 2**20
 _FLOAT_BYTES = 4
@@ -119,8 +115,8 @@ def _block_logits(precision, scaled_documents, document_penalty, block):
 def _logsumexp(logits):
   """Row log-sum-exp; padded documents add exp(_PADDED_SCORE - top) = 0.
 
-  Not jax.nn.logsumexp: its guards against infinite maxima are passes of their own, and the
-  d = 45 step then keeps a second score buffer (2.0x instead of 1.01x).
+  Not jax.nn.logsumexp: its guards against infinite maxima are passes of their own, which
+  keep a second score buffer alive.
   """
   top = jnp.max(logits, axis=-1)
   return top + jnp.log(jnp.sum(jnp.exp(logits - top[:, None]), axis=-1))
@@ -197,9 +193,9 @@ def _infonce_backward(form, tile, precision, residuals, cotangent):
     valid = (relevance_block >= 0) & real[:, None]
     a, t, _ = _pair_weights(form, relevant, valid, pairs, real, counted)
     # a_i softmax_ij - t_ij in one elementwise pass, written in place of the logits: exp()
-    # is 0 on padded documents and padded queries; the targets are placed by comparing
-    # column indices, each inside the select that uses it (a float target matrix of its own
-    # is constant in code form, and XLA hoisted two of them out of the training loop).
+    # is 0 on padded documents and padded queries; each target is placed by comparing column
+    # indices inside the select that uses it, since a float target matrix would be constant
+    # in code form, and XLA would hoist it out of the training loop and keep it alive.
     columns = jnp.arange(documents.shape[0])
     dense = a[:, None] * jnp.exp((logits - block_lse[:, None]) + penalty_after)
     for r in range(relevance_block.shape[1]):

@@ -2,7 +2,7 @@
 
 sweep/data/paper_table6.csv holds critical n for d = 4 … 45. The paper fits a cubic by least
 squares over d >= 4 and prints its coefficients to four decimals; `cubic()` is that printed
-fit, recomputed from the table, and is what searches start from (sweeps.CriticalN.start_n).
+fit, recomputed from the table, and is what searches start from (targets.CriticalN.start_n).
 The figure and the fit table use the unrounded fit (`fit_coefficients()`). No JAX here:
 reading the table must stay cheap for the plotting and benchmark code.
 """

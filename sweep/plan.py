@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sweep import batching, hardware, memory, objective, problems, scheduler, search, targets
-from sweep import trainer as T
+from sweep import trainer
 from sweep.config import settings_of, validate_config
 
 SUCCESS_STEPS = 2_000
@@ -115,7 +115,7 @@ def replay(config, d: int, spec: search.SearchSpec) -> Replay:
 
 @dataclasses.dataclass(frozen=True)
 class ShapeCost:
-  shape: T.BucketShape
+  shape: trainer.BucketShape
   slot_bytes: int   # the training chunk's memory per slot (arguments, outputs, temporaries)
   step_flops: float  # one untiled training step of one slot
   step_bytes: float  # bytes it reads and writes
@@ -126,7 +126,7 @@ class ShapeCost:
 _COST_QUERIES = (32768, 65536)
 
 
-def _step_cost(settings: T.TrainSettings, shape: T.BucketShape,
+def _step_cost(settings: trainer.TrainSettings, shape: trainer.BucketShape,
                devices: tuple | None) -> tuple[float, float]:
   """FLOPs and bytes of one step of `shape`.
 
@@ -134,12 +134,12 @@ def _step_cost(settings: T.TrainSettings, shape: T.BucketShape,
   untiled; a large shape at two small query counts, extended along that line (an untiled
   paper-scale step would take the compiler minutes).
   """
-  mesh = None if devices is None else T.slot_mesh(devices[:1])
+  mesh = None if devices is None else trainer.slot_mesh(devices[:1])
 
   def cost(queries: int) -> np.ndarray:
     sized = dataclasses.replace(shape, queries=queries)
     untiled = dataclasses.replace(settings, query_tile=queries)
-    compiled = jax.jit(T.train_step, static_argnums=0).lower(
+    compiled = jax.jit(trainer.train_step, static_argnums=0).lower(
         untiled, *memory.abstract_bucket(untiled, sized, mesh)).compile()
     analysis = compiled.cost_analysis()
     analysis = analysis[0] if isinstance(analysis, list) else analysis
@@ -152,7 +152,7 @@ def _step_cost(settings: T.TrainSettings, shape: T.BucketShape,
   return tuple(map(float, at_small + (at_large - at_small) * (shape.queries - small) / (large - small)))
 
 
-def shape_cost(settings: T.TrainSettings, shape: T.BucketShape, device: Device,
+def shape_cost(settings: trainer.TrainSettings, shape: trainer.BucketShape, device: Device,
                devices: tuple | None = None) -> ShapeCost:
   """Memory per slot and step costs of `shape`, compiled for `devices` (a TPU slice's chips;
   default this process's), with the query tile the device would pick."""
@@ -208,7 +208,7 @@ def calibrate(records, source: str) -> StepModel:
   return StepModel(success, failure, per_d, f"{source} ({len(trained)} results)")
 
 
-def boundary_check(sweep: targets.CriticalN, settings: T.TrainSettings, d: int,
+def boundary_check(sweep: targets.CriticalN, settings: trainer.TrainSettings, d: int,
                    start_cost: ShapeCost, device: Device, devices: tuple | None) -> dict | None:
   """Where d's expected boundary (the search's start n before any memory cap) cannot be
   trained, what stops it: one slot of its shape, one slot per chip, beyond the chip's memory,

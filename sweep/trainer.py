@@ -273,9 +273,8 @@ def _healthy(slot: Slots, state: TrainState):
   """Whether a slot's state can still measure anything: its real rows are finite unit
   vectors and its optimizer state is finite. Padded rows are not looked at.
 
-  The step checks the loss and the rows it writes; this also sees what no loss shows: Adam's
-  second moment overflows to inf on gradients above ~1e19 (a tiny temperature) and then
-  zeroes the updates of those entries for good, and a start can hold zero rows.
+  The step checks only the loss and the rows it writes, which miss an optimizer state
+  overflowed to inf (Adam then zeroes those entries' updates for good) and zero start rows.
   """
   def unit(x, count):
     return _real_rows(jnp.abs((x * x).sum(axis=-1) - 1) <= construct.UNIT_TOLERANCE, count).all()

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from sweep import cli, construct, driver as driver_lib, objective, problems
-from sweep import trainer as T
+from sweep import trainer
 from sweep.store import Store
-from test_driver import tiny_config
+from helpers import curve_witness, tiny_config
 
 
 def test_a_float32_success_that_float64_refutes_is_uncertified():
@@ -54,8 +54,8 @@ def test_sweep_certifies_ordinary_successes_and_keeps_a_witness(tmp_path):
 
 
 def test_centroid_queries_reach_n_20_at_d_8():
-  settings = T.TrainSettings(centroid_queries=True)
-  result = T.train([T.Configuration(d=8, n=20)], settings, return_embeddings=True)[0]
+  settings = trainer.TrainSettings(centroid_queries=True)
+  result = trainer.train([trainer.Configuration(d=8, n=20)], settings, return_embeddings=True)[0]
   assert result["success"]
   table = problems.colex_subsets(20, 2)
   centroids = result["documents"][table].sum(axis=1)
@@ -64,9 +64,10 @@ def test_centroid_queries_reach_n_20_at_d_8():
 
 
 def test_warm_start_begins_at_the_construction():
-  config = T.Configuration(d=4, n=12, warm_noise=0.0)
-  state = T.init_state(T.TrainSettings(), T.BucketShape.fitting([config]), [config])
-  queries, documents = construct.construction(12, 2, 4, dtype=np.float32)
+  config = trainer.Configuration(d=4, n=12, warm_noise=0.0)
+  state = trainer.init_state(trainer.TrainSettings(), trainer.BucketShape.fitting([config]),
+                             [config])
+  queries, documents = curve_witness(12, 2, 4, np.float32)
   np.testing.assert_allclose(state.queries[0], queries, atol=1e-6)
   np.testing.assert_allclose(state.documents[0], documents, atol=1e-6)
 
@@ -86,7 +87,7 @@ def test_construction_protocol_needs_no_training(tmp_path):
 
 def _witness(**changes):
   """A valid witness of the d = 4 construction at n = 5 (as the driver writes one), changed."""
-  queries, documents = construct.construction(5, 2)
+  queries, documents = curve_witness(5, 2)
   arrays = dict(queries=queries.astype(np.float32), documents=documents.astype(np.float32),
                 relevance=problems.colex_subsets(5, 2), d=4, n=5, seed=0, margin64=0.1)
   arrays.update(changes)
@@ -159,7 +160,7 @@ def test_verify_refuses_unreadable_files_in_one_line(tmp_path, capsys):
 
 def test_verify_refuses_non_finite_embeddings(tmp_path, capsys):
   for value in (np.nan, np.inf):
-    documents = construct.construction(5, 2)[1]
+    documents = curve_witness(5, 2)[1]
     documents[0, 0] = value  # an infinite score of a relevant document could fake any margin
     np.savez(tmp_path / "w.npz", **_witness(documents=documents))
     code, out, _ = _verify(tmp_path / "w.npz", capsys)
@@ -167,7 +168,7 @@ def test_verify_refuses_non_finite_embeddings(tmp_path, capsys):
 
 
 def test_certificates_refuse_arrays_that_certify_nothing():
-  queries, documents = construct.construction(5, 2)
+  queries, documents = curve_witness(5, 2)
   with pytest.raises(ValueError, match="row 0 has no relevant document"):
     construct.certify(True, queries, documents, np.full((10, 2), -1))
   assert np.isnan(construct.margin64(queries * np.inf, documents, problems.colex_subsets(5, 2)))

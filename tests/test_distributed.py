@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from sweep.lock import read_lock
-from test_driver import uninterrupted, wait_for, write_config_file
+from helpers import uninterrupted, wait_for, write_config_file
 
 DIMS = (2, 3, 4)
 

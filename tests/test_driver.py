@@ -8,62 +8,18 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 from sweep import config as config_lib
+from sweep import construct
 from sweep import problems
 from sweep import driver as driver_lib
 from sweep import targets
 from sweep.store import Store
-
-TINY = dict(dims=(2, 3), restarts=2, max_steps=3000, patience=300, eval_every=25,
-            chunk_evals=2, local_sweep=1, checkpoint_every_s=0.001)
-
-
-def tiny_config(**overrides):
-  config = config_lib.default_config()
-  config.update({**TINY, **overrides})
-  return config
-
-
-def write_config_file(path, **overrides):
-  fields = {**TINY, **overrides}
-  body = "".join(f"  c.{k} = {v!r}\n" for k, v in fields.items())
-  path.write_text("from sweep.config import default_config\n\ndef get_config():\n"
-                  f"  c = default_config()\n{body}  return c\n")
-  return path
-
-
-def sweep(*args, **kwargs):
-  return subprocess.Popen([sys.executable, "-m", "sweep.cli", *args], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, **kwargs)
-
-
-def refuse_non_finite(token):
-  raise ValueError(f"not strict JSON: {token}")
-
-
-def strict_records(workdir):
-  """results.jsonl parsed as jq or JSON.parse would: NaN and Infinity are errors."""
-  lines = (workdir / "results.jsonl").read_text().splitlines()
-  return [json.loads(line, parse_constant=refuse_non_finite) for line in lines]
-
-
-def results_without_timing(workdir):
-  records = strict_records(workdir)
-  for r in records:
-    r.pop("wall_seconds")
-  return sorted(records, key=lambda r: (r["d"], r["n"], r["seed"]))
-
-
-def uninterrupted(workdir, **overrides):
-  store = Store(str(workdir))
-  assert driver_lib.Driver(tiny_config(**overrides), store).run(progress=lambda _: None)
-  store.close()
-  return results_without_timing(workdir), (workdir / "critical_n.csv").read_text()
+from helpers import (results_without_timing, strict_records, sweep, tiny_config,
+                     uninterrupted, wait_for, write_config_file)
 
 
 def test_exact_geometry_sweep_reports_3_and_4(tmp_path):
@@ -75,14 +31,6 @@ def test_exact_geometry_sweep_reports_3_and_4(tmp_path):
   assert rows[2]["critical_n"] == 3 and rows[3]["critical_n"] == 4
   assert rows[2]["geometric_critical_n"] == "3" and rows[3]["geometric_critical_n"] == "4"
   assert all(r["done"] and r["status"] == "measured" for r in rows.values())
-
-
-def wait_for(predicate, process, timeout=120):
-  deadline = time.monotonic() + timeout
-  while not predicate():
-    assert process.poll() is None, process.communicate()
-    assert time.monotonic() < deadline
-    time.sleep(0.05)
 
 
 def interrupt(tmp_path, signum, finished_lines, **overrides):
@@ -311,11 +259,23 @@ def test_critical_d_of_all_pairs_is_exact_geometry(tmp_path, n, critical_d):
 
 
 def test_relevant_sets_of_mixed_sizes_train(tmp_path):
+  sets = [[0], [1, 2], [3, 4, 5], [0, 5]]
   matrix = np.zeros((4, 6), bool)
-  for row, docs in enumerate([[0], [1, 2], [3, 4, 5], [0, 5]]):
+  for row, docs in enumerate(sets):
     matrix[row, docs] = True
+  # Exact geometry: d = 1 cannot retrieve four different sets (unit documents are +-1), and
+  # d = 2 can: with the documents on a regular hexagon in the order 1, 2, 3, 4, 5, 0, each
+  # set is an arc, retrieved by the unit query through its centre.
+  angles = 2 * np.pi * np.array([5, 0, 1, 2, 3, 4]) / 6
+  documents = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+  queries = np.stack([documents[docs].sum(axis=0) for docs in sets])
+  queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+  table = np.array([docs + [problems.PAD] * (3 - len(docs)) for docs in sets])
+  assert construct.verify(queries, documents, table)[0]
   report = fit_matrix(tmp_path, matrix, start_d=4)
-  assert report["done"] and 1 <= report["critical_d"] <= 4
+  assert report["geometry"]["lower_d"] == 2
+  assert report["done"] and report["critical_d"] == 2
+  assert {p["d"]: p["success"] for p in report["probes"]}[1] is False
   records = [json.loads(line) for line in (tmp_path / "w" / "results.jsonl").read_text().splitlines()]
   assert {r["k"] for r in records} == {3} and all(r["num_queries"] == 4 for r in records)
   assert any(r["success"] for r in records if r["d"] == report["critical_d"])

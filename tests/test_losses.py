@@ -9,7 +9,7 @@ import pytest
 
 from sweep import config as config_lib
 from sweep import construct, objective, targets
-from sweep import trainer as T
+from sweep import trainer
 from sweep.ledger import Ledger
 from sweep.problems import LOSS_FORMS, Probe
 
@@ -17,61 +17,61 @@ LOSSES = LOSS_FORMS
 
 
 def _loss_at(settings, configs, shape, state, slot=0):
-  slots = T.pack(configs, shape)
+  slots = trainer.pack(configs, shape)
   one = lambda tree: jax.tree.map(lambda x: x[slot], tree)
-  return float(T.slot_loss(settings, one(slots), T._state_params(settings, one(state))))
+  return float(trainer.slot_loss(settings, one(slots), trainer._state_params(settings, one(state))))
 
 
 @pytest.mark.parametrize("loss", LOSSES)
 def test_each_loss_lowers_its_own_value_on_a_solvable_problem(loss):
-  settings = T.TrainSettings(loss=loss, max_steps=300, patience=300, eval_every=50)
-  config = T.Configuration(d=4, n=6, seed=3)
-  shape = T.BucketShape.fitting([config])
-  start = _loss_at(settings, [config], shape, T.init_state(settings, shape, [config]))
-  result = T.train([config], settings)[0]
+  settings = trainer.TrainSettings(loss=loss, max_steps=300, patience=300, eval_every=50)
+  config = trainer.Configuration(d=4, n=6, seed=3)
+  shape = trainer.BucketShape.fitting([config])
+  start = _loss_at(settings, [config], shape, trainer.init_state(settings, shape, [config]))
+  result = trainer.train([config], settings)[0]
   assert math.isfinite(start) and result["best_loss"] < 0.9 * start
 
 
 def _trace(settings, configs, shape, steps=60):
-  slots = T.pack(configs, shape)
-  state = jax.jit(T.start_optimizer, static_argnums=0)(
-      settings, slots, T.init_state(settings, shape, configs))
-  step = jax.jit(T.train_step, static_argnums=0)
+  slots = trainer.pack(configs, shape)
+  state = jax.jit(trainer.start_optimizer, static_argnums=0)(
+      settings, slots, trainer.init_state(settings, shape, configs))
+  step = jax.jit(trainer.train_step, static_argnums=0)
   losses = []
   for _ in range(steps):
     state = step(settings, slots, state)
     losses.append(np.asarray(state.loss))
-  return np.stack(losses), T.to_host(state)
+  return np.stack(losses), trainer.to_host(state)
 
 
 @pytest.mark.parametrize("loss", LOSSES)
 def test_padded_slots_and_documents_change_nothing(loss):
-  settings = T.TrainSettings(loss=loss)
-  config = T.Configuration(d=3, n=6, seed=7)
-  others = [T.Configuration(d=5, n=9, seed=1), T.Configuration(d=2, n=4, seed=3)]
-  alone, alone_state = _trace(settings, [config], T.BucketShape.fitting([config]))
+  settings = trainer.TrainSettings(loss=loss)
+  config = trainer.Configuration(d=3, n=6, seed=7)
+  others = [trainer.Configuration(d=5, n=9, seed=1), trainer.Configuration(d=2, n=4, seed=3)]
+  alone, alone_state = _trace(settings, [config], trainer.BucketShape.fitting([config]))
   batch = [others[0], config, others[1]]
-  together, state = _trace(settings, batch, T.BucketShape.fitting(batch, slots=4))
+  together, state = _trace(settings, batch, trainer.BucketShape.fitting(batch, slots=4))
   np.testing.assert_allclose(alone[:, 0], together[:, 1], rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(T.embeddings(alone_state, 0, config)[1],
-                             T.embeddings(state, 1, config)[1], atol=1e-4)
-  assert (state.stop_reason[3] == T.StopReason.EMPTY) and not state.queries[3].any()
+  np.testing.assert_allclose(trainer.embeddings(alone_state, 0, config)[1],
+                             trainer.embeddings(state, 1, config)[1], atol=1e-4)
+  assert (state.stop_reason[3] == trainer.StopReason.EMPTY) and not state.queries[3].any()
 
 
 def test_sigmoid_scale_and_bias_are_per_slot():
-  settings = T.TrainSettings(loss="sigmoid")
-  plain = T.Configuration(d=3, n=6, seed=7)
-  shifted = T.Configuration(d=3, n=6, seed=7, sigmoid_log_scale=math.log(3.0), sigmoid_bias=-2.0)
-  shape = T.BucketShape.fitting([plain, shifted])
+  settings = trainer.TrainSettings(loss="sigmoid")
+  plain = trainer.Configuration(d=3, n=6, seed=7)
+  shifted = trainer.Configuration(d=3, n=6, seed=7, sigmoid_log_scale=math.log(3.0), sigmoid_bias=-2.0)
+  shape = trainer.BucketShape.fitting([plain, shifted])
   losses, state = _trace(settings, [plain, shifted], shape, steps=40)
   assert state.log_scale[0] != state.log_scale[1] and state.bias[0] != state.bias[1]
   assert not np.allclose(state.documents[0], state.documents[1])
   for slot, config in enumerate((plain, shifted)):  # each as it trains alone
-    alone, alone_state = _trace(settings, [config], T.BucketShape.fitting([config]), steps=40)
+    alone, alone_state = _trace(settings, [config], trainer.BucketShape.fitting([config]), steps=40)
     np.testing.assert_allclose(alone[:, 0], losses[:, slot], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(alone_state.bias[0], state.bias[slot], rtol=1e-5)
-  frozen = T.TrainSettings(loss="sigmoid", train_bias=False)
-  _, frozen_state = _trace(frozen, [shifted], T.BucketShape.fitting([shifted]), steps=40)
+  frozen = trainer.TrainSettings(loss="sigmoid", train_bias=False)
+  _, frozen_state = _trace(frozen, [shifted], trainer.BucketShape.fitting([shifted]), steps=40)
   assert frozen_state.bias[0] == np.float32(-2.0) and frozen_state.log_scale[0] != np.float32(
       math.log(3.0))
 

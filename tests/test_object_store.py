@@ -17,7 +17,7 @@ from etils import epath
 from sweep import driver as driver_lib
 from sweep import lock as lock_lib
 from sweep.store import Store
-from test_driver import sweep, tiny_config, uninterrupted, wait_for, write_config_file
+from helpers import sweep, tiny_config, uninterrupted, wait_for, write_config_file
 
 
 def without_timing(records):

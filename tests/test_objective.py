@@ -10,7 +10,7 @@ import pytest
 
 from sweep import config as config_lib
 from sweep import memory, objective, problems
-from sweep import trainer as T
+from sweep import trainer
 from test_trainer import plain_loss
 
 # Blocks of 4 rows cut the 21 padded queries unevenly (the last block is padded too); 0 is
@@ -21,14 +21,14 @@ INFONCE_FORMS = ("code", "paper")
 
 def padded_slot(form, tile, temperature=0.2):
   """A padded slot holding d=3, n=5 in a (21, 7, 6) bucket, its state, and its real config."""
-  settings = T.TrainSettings(loss=form, query_tile=tile)
-  config = T.Configuration(d=3, n=5, temperature=temperature)
-  shape = T.BucketShape(slots=2, queries=21, documents=7, dims=6, width=2)
-  configs = [config, T.Configuration(d=6, n=7)]
-  slots = T.pack(configs, shape)
+  settings = trainer.TrainSettings(loss=form, query_tile=tile)
+  config = trainer.Configuration(d=3, n=5, temperature=temperature)
+  shape = trainer.BucketShape(slots=2, queries=21, documents=7, dims=6, width=2)
+  configs = [config, trainer.Configuration(d=6, n=7)]
+  slots = trainer.pack(configs, shape)
   # The same for every loss setting, its optimizer started as a chunk starts it.
-  state = jax.jit(T.start_optimizer, static_argnums=0)(
-      T.TrainSettings(), slots, T.init_state(T.TrainSettings(), shape, configs))
+  state = jax.jit(trainer.start_optimizer, static_argnums=0)(
+      trainer.TrainSettings(), slots, trainer.init_state(trainer.TrainSettings(), shape, configs))
   return settings, config, jax.tree.map(lambda x: x[0], slots), jax.tree.map(lambda x: x[0], state)
 
 
@@ -40,7 +40,7 @@ def test_blocked_loss_and_gradient_equal_the_plain_formula(form, tile):
   queries = state.queries.at[10:].set(jax.random.normal(jax.random.key(0), (11, 6)))
   params = (queries, state.documents)
   loss, (grad_q, grad_d) = jax.jit(jax.value_and_grad(
-      lambda p: T.slot_loss(settings, slot, p)))(params)
+      lambda p: trainer.slot_loss(settings, slot, p)))(params)
   q, d = queries[:10, :3], state.documents[:5, :3]
   expected, (exp_q, exp_d) = jax.jit(jax.value_and_grad(
       lambda p: plain_loss(p[0], p[1], config.relevance(), config.temperature, form)))((q, d))
@@ -54,7 +54,7 @@ def test_blocked_loss_and_gradient_equal_the_plain_formula(form, tile):
 def test_200_step_trajectory_matches_the_plain_formula(form):
   settings, config, slot, state = padded_slot(form, tile=4)
   slots = jax.tree.map(lambda x: x[None], slot)
-  step = jax.jit(T.train_step, static_argnums=0)
+  step = jax.jit(trainer.train_step, static_argnums=0)
   batched = jax.tree.map(lambda x: x[None], state)
 
   optimizer = optax.adam(config.learning_rate)
@@ -81,9 +81,10 @@ def test_200_step_trajectory_matches_the_plain_formula(form):
 
 
 def test_blocked_chunks_train_as_one_block():
-  configs = [T.Configuration(d=2, n=3), T.Configuration(d=4, n=7), T.Configuration(d=3, n=6)]
-  blocked = T.train(configs, T.TrainSettings(query_tile=4, max_steps=400))
-  whole = T.train(configs, T.TrainSettings(max_steps=400))
+  configs = [trainer.Configuration(d=2, n=3), trainer.Configuration(d=4, n=7),
+             trainer.Configuration(d=3, n=6)]
+  blocked = trainer.train(configs, trainer.TrainSettings(query_tile=4, max_steps=400))
+  whole = trainer.train(configs, trainer.TrainSettings(max_steps=400))
   assert [r["success"] for r in blocked] == [r["success"] for r in whole]
   np.testing.assert_allclose([r["final_loss"] for r in blocked],
                              [r["final_loss"] for r in whole], atol=1e-4)
@@ -149,17 +150,17 @@ def dot_precisions(lowered: str) -> list[str]:
 @pytest.mark.parametrize("name", list(objective.PRECISIONS))
 def test_training_matmuls_use_the_configured_precision(name):
   _, _, slot, state = padded_slot("code", 0)
-  settings = T.TrainSettings(matmul_precision=name)
-  lowered = jax.jit(jax.value_and_grad(lambda p: T.slot_loss(settings, slot, p))).lower(
+  settings = trainer.TrainSettings(matmul_precision=name)
+  lowered = jax.jit(jax.value_and_grad(lambda p: trainer.slot_loss(settings, slot, p))).lower(
       (state.queries, state.documents)).as_text()
   precisions = dot_precisions(lowered)
   assert len(precisions) >= 6 and set(precisions) == {name.upper()}  # forward and backward
 
 
-def step_temporaries(shape: T.BucketShape, **settings) -> float:
+def step_temporaries(shape: trainer.BucketShape, **settings) -> float:
   """XLA's temporaries of one compiled step, in q x n float32 matrices."""
-  settings = T.TrainSettings(**settings)
-  compiled = jax.jit(T.train_step, static_argnums=0).lower(
+  settings = trainer.TrainSettings(**settings)
+  compiled = jax.jit(trainer.train_step, static_argnums=0).lower(
       settings, *memory.abstract_bucket(settings, shape)).compile()
   return compiled.memory_analysis().temp_size_in_bytes / (shape.queries * shape.documents * 4)
 
@@ -168,7 +169,7 @@ def step_temporaries(shape: T.BucketShape, **settings) -> float:
 def test_step_holds_one_score_matrix_or_one_block_of_it(form):
   # d = 45 at the paper's n, compiled only: the step's temporaries are one q x n matrix
   # untiled (XLA writes every pass over it in place), and a fraction of it in blocks.
-  shape = T.BucketShape(slots=1, queries=204_480, documents=640, dims=48, width=2)
+  shape = trainer.BucketShape(slots=1, queries=204_480, documents=640, dims=48, width=2)
   assert step_temporaries(shape, loss=form, query_tile=shape.queries) <= 1.01
   assert step_temporaries(shape, loss=form) <= 0.25
 
@@ -186,7 +187,7 @@ def test_query_tile_prefers_a_divisor_and_bounds_the_block():
 @pytest.mark.parametrize("field, value", [("query_tile", -1), ("matmul_precision", "bf16")])
 def test_bad_settings_name_the_field(field, value):
   with pytest.raises(ValueError, match=field):
-    T.TrainSettings(**{field: value})
+    trainer.TrainSettings(**{field: value})
   config = config_lib.default_config()
   config[field] = value
   with pytest.raises(ValueError, match=f"config.{field}=.*out of range"):

@@ -7,9 +7,9 @@ import sys
 import pytest
 
 from sweep import batching, memory, plan, search, targets
-from sweep import trainer as T
+from sweep import trainer
 from sweep.store import Store
-from test_driver import tiny_config
+from helpers import tiny_config
 
 
 def test_replay_closes_each_search_at_the_assumed_boundary():
@@ -29,16 +29,29 @@ def test_plan_reports_compiled_memory_and_cost_per_dimension():
   device = plan.device_named("h100")
   report = plan.plan_sweep(config, device)
   assert [r["d"] for r in report["dims"]] == [4, 6]
-  settings = T.TrainSettings()
+  settings = trainer.TrainSettings()
   for row in report["dims"]:
-    shape = batching.shape_class(T.Configuration(d=row["d"], n=row["start_n"]))
+    shape = batching.shape_class(trainer.Configuration(d=row["d"], n=row["start_n"]))
     assert row["slot_mib"] * 2**20 == memory.measured_slot_bytes(settings, shape)
     assert row["step_gflop"] > 0 and row["step_gb"] > 0 and row["probes"] == 2 * 2
     assert row["slots_fit"] == config.max_slots  # tiny slots: the bucket limit binds
   bigger = [r["step_gflop"] for r in report["dims"]]
   assert bigger[1] > bigger[0]
-  assert report["wall_hours"] >= report["longest_chain_hours"] > 0
-  assert report["wall_hours"] >= report["work_hours"] / report["chips"]
+  # Each search starts at its assumed boundary n = 8 with two points a round, so its one
+  # round probes 8 (a success) and 9 (a failure) and closes with no sweep (local_sweep=0):
+  # its chain is one failure's steps, its work both probes' steps for every restart, each
+  # step the roofline of the compiled costs, a chain step never shorter than the launch floor.
+  assert plan.SUCCESS_STEPS % config.eval_every == plan.FAILURE_STEPS % config.eval_every == 0
+  chain = work = 0.0
+  for row in report["dims"]:
+    assert row["rounds"] == 1
+    step = max(row["step_gflop"] * 1e9 / device.flops[report["precision"]],
+               row["step_gb"] * 1e9 / device.bandwidth)
+    chain = max(chain, plan.FAILURE_STEPS * max(step, device.launch_floor_s))
+    work += config.restarts * (plan.SUCCESS_STEPS + plan.FAILURE_STEPS) * step
+  assert report["longest_chain_hours"] == pytest.approx(chain / 3600)
+  assert report["work_hours"] == pytest.approx(work / 3600)
+  assert report["wall_hours"] == pytest.approx(max(work / device.chips, chain) / 3600)
 
 
 def test_calibration_takes_mean_stop_steps_per_outcome_and_dimension():
@@ -66,15 +79,15 @@ def test_unknown_devices_are_refused_by_name(name):
 
 
 def test_slots_within_measures_only_where_the_estimate_does_not_fit():
-  settings = T.TrainSettings()
-  shape = T.BucketShape(slots=1, queries=2016, documents=64, dims=12, width=2)
+  settings = trainer.TrainSettings()
+  shape = trainer.BucketShape(slots=1, queries=2016, documents=64, dims=12, width=2)
   measured, estimate = memory.measured_slot_bytes(settings, shape), batching.slot_bytes(shape)
   assert measured < estimate
   between = (measured + estimate) / 2 / 2**20
   assert batching.slots_within(shape, between) == 0
   assert batching.slots_within(shape, between, settings) == 1
   misses = memory.compiled_chunk.cache_info().misses
-  small = T.BucketShape(slots=1, queries=28, documents=8, dims=4, width=2)
+  small = trainer.BucketShape(slots=1, queries=28, documents=8, dims=4, width=2)
   assert batching.slots_within(small, 1.0, settings) >= 1  # fits by the estimate: no compile
   assert memory.compiled_chunk.cache_info().misses == misses
 

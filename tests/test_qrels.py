@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from sweep import problems, qrels
-from test_driver import sweep
+from helpers import sweep
 
 # Mixed sizes of relevant sets: 2, 3 and 1 of 5 documents. Read query by query, documents
 # first appear in column order, so qrels files of it number documents as the npz does.

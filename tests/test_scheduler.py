@@ -11,13 +11,13 @@ import pytest
 from sweep import batching, scheduler
 from sweep import config as config_lib
 from sweep import driver as driver_lib
-from sweep import trainer as T
+from sweep import trainer
 from sweep.store import Store
 from sweep.problems import Probe
 
 
 def shape(q, n, d, slots=1):
-  return T.BucketShape(slots=slots, queries=q, documents=n, dims=d, width=2)
+  return trainer.BucketShape(slots=slots, queries=q, documents=n, dims=d, width=2)
 
 
 # Probes of d = 2 take the small shape, of d = 8 the large one.
@@ -78,17 +78,18 @@ def test_slots_per_bucket_is_a_multiple_of_the_devices(wanted, devices, slots):
 
 
 def test_queries_are_padded_from_their_own_count():
-  config = T.Configuration(d=5, n=257)
+  config = trainer.Configuration(d=5, n=257)
   own = batching.shape_class(config)
   assert own.queries == batching.padded(math.comb(257, 2)) < math.comb(own.documents, 2)
   assert own.dims == 6 and own.documents == 320
 
 
 def test_outcomes_do_not_depend_on_the_bucket_shape_on_clear_cases():
-  clear = [T.Configuration(d=2, n=3), T.Configuration(d=3, n=4, seed=1), T.Configuration(d=4, n=6),
-           T.Configuration(d=2, n=6), T.Configuration(d=3, n=8)]
-  shared = T.train(clear)
-  right_sized = [T.train([c])[0] for c in clear]
+  clear = [trainer.Configuration(d=2, n=3), trainer.Configuration(d=3, n=4, seed=1),
+           trainer.Configuration(d=4, n=6), trainer.Configuration(d=2, n=6),
+           trainer.Configuration(d=3, n=8)]
+  shared = trainer.train(clear)
+  right_sized = [trainer.train([c])[0] for c in clear]
   assert [r["success"] for r in shared] == [r["success"] for r in right_sized]
   assert [r["success"] for r in shared] == [True, True, True, False, False]
 

@@ -15,8 +15,19 @@ FLOOR = 2
 Rounds = list[list[int]]
 
 
+def _on_gallop_up(spec: SearchSpec, n: int) -> bool:
+  """Whether n is start, start+1, start+2, start+4, ... (or the ceiling, its clamp)."""
+  step = n - spec.start_n
+  return step == 0 or (step > 0 and step & (step - 1) == 0) or n == spec.ceiling_n
+
+
 def drive(spec: SearchSpec, oracle: Callable[[int], bool], m: int) -> tuple[SearchState, Rounds]:
-  """Run the search to done, one propose per round; return the final state and the rounds."""
+  """Run the search to done, one propose per round; return the final state and the rounds.
+
+  Each round must propose only n not yet recorded: before any failure, points of the gallop
+  up (after a first-round window); after one, n up to the smallest failure + local_sweep
+  (module docstring). So the loop ends once the oracle fails on the gallop, or at the ceiling.
+  """
   s = new_search(spec)
   rounds = []
   while not summary(s)["done"]:
@@ -24,11 +35,47 @@ def drive(spec: SearchSpec, oracle: Callable[[int], bool], m: int) -> tuple[Sear
     assert pts and len(pts) <= m and pts == sorted(set(pts))
     assert all(n > spec.floor_n and n not in dict(s.outcomes) for n in pts)
     assert spec.ceiling_n is None or max(pts) <= spec.ceiling_n
+    failures = [n for n, ok in s.outcomes if not ok]
+    if failures:
+      assert max(pts) <= min(failures) + spec.local_sweep
+    elif rounds or not spec.window:
+      assert all(_on_gallop_up(spec, n) for n in pts)
     rounds.append(pts)
     for n in pts:
       s = record(s, n, oracle(n))
-    assert len(rounds) < 200
   return s, rounds
+
+
+def expected_rounds(spec: SearchSpec, c: int, m: int) -> Rounds:
+  """The rounds of the module docstring's phases against the oracle n <= c, for a spec
+  without window or ceiling: gallop up from start_n, m points a round, until one fails;
+  gallop down below it until one succeeds; cut the bracket into m + 1 near-equal parts
+  until it closes; then the rest of the local sweep, m points a round, in ascending order."""
+  rounds, lo, hi = [], spec.floor_n, None
+
+  def probe(points):
+    nonlocal lo, hi
+    rounds.append(sorted(points))
+    lo = max([lo, *(n for n in points if n <= c)])
+    hi = min([n for n in points if n > c] + ([] if hi is None else [hi]), default=None)
+
+  up = (spec.start_n + step for step in itertools.chain([0], (2**i for i in itertools.count())))
+  while hi is None:
+    probe([next(up) for _ in range(m)])
+  down, step = [], 1
+  while not down or down[-1] > spec.floor_n + 1:
+    down.append(max(spec.start_n - step, spec.floor_n + 1))
+    step *= 2
+  down = iter([n for n in down if n < hi])
+  while lo == spec.floor_n and hi > spec.floor_n + 1:
+    probe(list(itertools.islice(down, m)))
+  while hi - lo > 1:
+    parts = min(m, hi - lo - 1) + 1
+    probe([lo + j * (hi - lo) // parts for j in range(1, parts)])
+  probed = {n for r in rounds for n in r}
+  window = range(max(lo - spec.local_sweep, spec.floor_n + 1), lo + spec.local_sweep + 2)
+  sweep = [n for n in window if n not in probed]
+  return rounds + [sweep[i:i + m] for i in range(0, len(sweep), m)]
 
 
 @pytest.mark.parametrize("m", [1, 2, 5])
@@ -36,7 +83,9 @@ def drive(spec: SearchSpec, oracle: Callable[[int], bool], m: int) -> tuple[Sear
   ("c", "start"), [(FLOOR, 10), (FLOOR + 1, 10), (13, 10), (1000, 10), (5, 100)]
 )
 def test_monotone_oracle_finds_boundary_and_sweeps_around_it(c: int, start: int, m: int) -> None:
-  s, _ = drive(SearchSpec(start_n=start, floor_n=FLOOR, local_sweep=4), lambda n: n <= c, m)
+  spec = SearchSpec(start_n=start, floor_n=FLOOR, local_sweep=4)
+  s, rounds = drive(spec, lambda n: n <= c, m)
+  assert rounds == expected_rounds(spec, c, m)
   out = summary(s)
   assert (out["critical_n"], out["lo"], out["hi"], out["done"]) == (c, c, c + 1, True)
   assert {n for n in range(c - 4, c + 6) if n > FLOOR} <= dict(s.outcomes).keys()

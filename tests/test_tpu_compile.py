@@ -12,15 +12,15 @@ import jax
 import pytest
 
 from sweep import batching, hardware, memory, paper, plan, problems, scheduler, targets
-from sweep import trainer as T
+from sweep import trainer
 from sweep.config import settings_of
-from test_driver import tiny_config
+from helpers import tiny_config
 
 pytestmark = pytest.mark.tpu
 
 # The d = 45 probe of the paper's sweep near its boundary: 196,608 queries x 640 x 48.
-PAPER_D45 = T.BucketShape(slots=1, queries=196_608, documents=640, dims=48, width=2)
-SMALL = T.BucketShape(slots=1, queries=2048, documents=64, dims=16, width=2)
+PAPER_D45 = trainer.BucketShape(slots=1, queries=196_608, documents=640, dims=48, width=2)
+SMALL = trainer.BucketShape(slots=1, queries=2048, documents=64, dims=16, width=2)
 
 
 def chips(name: str) -> tuple:

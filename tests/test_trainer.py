@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sweep import problems
-from sweep import trainer as T
+from sweep import trainer
 
 
 def plain_loss(queries, documents, relevance, temperature, form):
@@ -21,15 +21,16 @@ def plain_loss(queries, documents, relevance, temperature, form):
 
 @pytest.mark.parametrize("form", ["code", "paper"])
 def test_padded_slot_loss_and_gradient_match_plain_computation(form):
-  settings = T.TrainSettings(loss=form)
-  config = T.Configuration(d=3, n=5, temperature=0.2)
-  shape = T.BucketShape(slots=2, queries=21, documents=7, dims=6, width=2)
-  configs = [config, T.Configuration(d=6, n=7)]
-  slots = T.pack(configs, shape)
-  state = T.init_state(settings, shape, configs)
+  settings = trainer.TrainSettings(loss=form)
+  config = trainer.Configuration(d=3, n=5, temperature=0.2)
+  shape = trainer.BucketShape(slots=2, queries=21, documents=7, dims=6, width=2)
+  configs = [config, trainer.Configuration(d=6, n=7)]
+  slots = trainer.pack(configs, shape)
+  state = trainer.init_state(settings, shape, configs)
   slot = jax.tree.map(lambda x: x[0], slots)
   params = (state.queries[0], state.documents[0])
-  loss, (grad_q, grad_d) = jax.value_and_grad(lambda p: T.slot_loss(settings, slot, p))(params)
+  loss, (grad_q, grad_d) = jax.value_and_grad(
+      lambda p: trainer.slot_loss(settings, slot, p))(params)
 
   q, d = params[0][:10, :3], params[1][:5, :3]
   expected, (exp_q, exp_d) = jax.value_and_grad(
@@ -41,11 +42,11 @@ def test_padded_slot_loss_and_gradient_match_plain_computation(form):
   assert not np.asarray(grad_d[5:]).any() and not np.asarray(grad_d[:, 3:]).any()
 
 
-def loss_trace(configs, shape, steps, settings=T.TrainSettings()):
-  slots = T.pack(configs, shape)
-  state = jax.jit(T.start_optimizer, static_argnums=0)(
-      settings, slots, T.init_state(settings, shape, configs))
-  step = jax.jit(T.train_step, static_argnums=0)
+def loss_trace(configs, shape, steps, settings=trainer.TrainSettings()):
+  slots = trainer.pack(configs, shape)
+  state = jax.jit(trainer.start_optimizer, static_argnums=0)(
+      settings, slots, trainer.init_state(settings, shape, configs))
+  step = jax.jit(trainer.train_step, static_argnums=0)
   losses = []
   for _ in range(steps):
     state = step(settings, slots, state)
@@ -54,27 +55,28 @@ def loss_trace(configs, shape, steps, settings=T.TrainSettings()):
 
 
 def test_alone_and_in_a_padded_batch_train_identically():
-  config = T.Configuration(d=3, n=6, seed=7)
-  others = [T.Configuration(d=5, n=9, seed=1), T.Configuration(d=2, n=4, seed=3)]
-  alone, _ = loss_trace([config], T.BucketShape.fitting([config]), 200)
+  config = trainer.Configuration(d=3, n=6, seed=7)
+  others = [trainer.Configuration(d=5, n=9, seed=1), trainer.Configuration(d=2, n=4, seed=3)]
+  alone, _ = loss_trace([config], trainer.BucketShape.fitting([config]), 200)
   batch = [others[0], config, others[1]]
-  together, _ = loss_trace(batch, T.BucketShape.fitting(batch, slots=4), 200)
+  together, _ = loss_trace(batch, trainer.BucketShape.fitting(batch, slots=4), 200)
   np.testing.assert_allclose(alone[:, 0], together[:, 1], atol=1e-4)
 
 
 def test_alone_and_batched_agree_on_success():
-  clear = [T.Configuration(d=2, n=3), T.Configuration(d=4, n=6), T.Configuration(d=2, n=5)]
-  batched = T.train(clear)
+  clear = [trainer.Configuration(d=2, n=3), trainer.Configuration(d=4, n=6),
+           trainer.Configuration(d=2, n=5)]
+  batched = trainer.train(clear)
   for config, result in zip(clear, batched):
-    assert T.train([config])[0]["success"] == result["success"]
+    assert trainer.train([config])[0]["success"] == result["success"]
   assert [r["success"] for r in batched] == [True, True, False]
 
 
 def test_exact_geometry():
   seeds = range(4)
   cases = {(2, 3): [], (2, 4): [], (3, 4): [], (3, 5): [], (4, 8): []}
-  configs = [T.Configuration(d=d, n=n, seed=s) for (d, n) in cases for s in seeds]
-  for config, result in zip(configs, T.train(configs)):
+  configs = [trainer.Configuration(d=d, n=n, seed=s) for (d, n) in cases for s in seeds]
+  for config, result in zip(configs, trainer.train(configs)):
     cases[config.d, config.n].append(result["success"])
   assert any(cases[2, 3]) and not any(cases[2, 4])
   assert any(cases[3, 4]) and not any(cases[3, 5])
@@ -82,8 +84,8 @@ def test_exact_geometry():
 
 
 def test_padded_dimensions_and_rows_stay_zero():
-  configs = [T.Configuration(d=2, n=4), T.Configuration(d=5, n=7)]
-  shape = T.BucketShape.fitting(configs, slots=3)
+  configs = [trainer.Configuration(d=2, n=4), trainer.Configuration(d=5, n=7)]
+  shape = trainer.BucketShape.fitting(configs, slots=3)
   _, state = loss_trace(configs, shape, 30)
   assert not np.asarray(state.queries[0, :, 2:]).any()
   assert not np.asarray(state.documents[0, :, 2:]).any()
@@ -95,22 +97,22 @@ def test_padded_dimensions_and_rows_stay_zero():
 
 
 def test_each_slot_stops_on_its_own_and_stays_frozen():
-  settings = T.TrainSettings(max_steps=120, eval_every=50)
-  configs = [T.Configuration(d=2, n=3), T.Configuration(d=2, n=6)]
-  results = T.train(configs, settings)
+  settings = trainer.TrainSettings(max_steps=120, eval_every=50)
+  configs = [trainer.Configuration(d=2, n=3), trainer.Configuration(d=2, n=6)]
+  results = trainer.train(configs, settings)
   assert results[0]["stop_reason"] == "success" and results[0]["stop_step"] <= 100
   assert results[1]["stop_reason"] == "max_steps" and results[1]["stop_step"] == 120
 
 
 def test_plateau_stops_after_patience():
   # Only the first step improves on the initial infinite best loss by min_delta.
-  settings = T.TrainSettings(patience=20, min_delta=100.0)
-  result = T.train([T.Configuration(d=2, n=6)], settings)[0]
+  settings = trainer.TrainSettings(patience=20, min_delta=100.0)
+  result = trainer.train([trainer.Configuration(d=2, n=6)], settings)[0]
   assert result["stop_reason"] == "plateau" and result["stop_step"] == 21
 
 
 def test_nonfinite_loss_stops_loudly():
-  result = T.train([T.Configuration(d=2, n=4, temperature=1e-45)])[0]
+  result = trainer.train([trainer.Configuration(d=2, n=4, temperature=1e-45)])[0]
   assert result["stop_reason"] == "nonfinite"
   assert not result["success"]
 
@@ -120,19 +122,19 @@ SHORT = dict(max_steps=400, patience=100, eval_every=25, chunk_evals=4)
 
 @pytest.mark.parametrize("broken, centroid", [
     # Every update ~1e30 overflows x * x: the re-normalisation zeroes the rows at a finite loss.
-    (T.Configuration(d=4, n=6, learning_rate=1e30), False),
-    (T.Configuration(d=4, n=6, learning_rate=1e30), True),
+    (trainer.Configuration(d=4, n=6, learning_rate=1e30), False),
+    (trainer.Configuration(d=4, n=6, learning_rate=1e30), True),
     # Gradients ~1e20 overflow Adam's second moment to inf, which zeroes those updates for good.
-    (T.Configuration(d=4, n=6, temperature=1e-20), False),
+    (trainer.Configuration(d=4, n=6, temperature=1e-20), False),
     # A warm start whose noise overflows the norm starts with zero rows.
-    (T.Configuration(d=4, n=6, warm_noise=1e300), False),
+    (trainer.Configuration(d=4, n=6, warm_noise=1e300), False),
     # In one dimension every pair {+x, -x} has a zero centroid: a query without a direction.
-    (T.Configuration(d=1, n=3), True),
+    (trainer.Configuration(d=1, n=3), True),
 ])
 def test_a_broken_state_behind_a_finite_loss_stops_as_nonfinite(broken, centroid):
-  settings = T.TrainSettings(centroid_queries=centroid, **SHORT)
-  neighbour = T.Configuration(d=2, n=3, seed=2)  # trains to a success beside it
-  broken_result, neighbour_result = T.train([broken, neighbour], settings)
+  settings = trainer.TrainSettings(centroid_queries=centroid, **SHORT)
+  neighbour = trainer.Configuration(d=2, n=3, seed=2)  # trains to a success beside it
+  broken_result, neighbour_result = trainer.train([broken, neighbour], settings)
   assert broken_result["stop_reason"] == "nonfinite" and not broken_result["success"]
   assert broken_result["max_accuracy"] == 0.0 and broken_result["margin"] == -np.inf
   assert neighbour_result["stop_reason"] == "success"
@@ -157,28 +159,30 @@ def poisoned(tree, index, value):
 def test_a_slot_poisoned_between_chunks_stops_and_its_neighbours_train_on(poison):
   """Slot 0 is poisoned after a chunk and the empty slot 2 filled with NaN: slot 1 trains
   exactly as it would have, and the empty slot stays empty."""
-  settings = T.TrainSettings(max_steps=400, patience=100, eval_every=20, chunk_evals=2)
-  configs = [T.Configuration(d=3, n=5), T.Configuration(d=3, n=5, seed=1)]  # both fail: n > 4
-  shape = T.BucketShape.fitting(configs, slots=3)
-  slots = T.place(T.pack(configs, shape))
-  state, _ = T.train_chunk(settings, slots, T.place(T.init_state(settings, shape, configs)), False)
-  host = T.to_host(state)
-  assert (host.stop_reason[:2] == T.StopReason.RUNNING).all() and host.step[0] == 40
+  settings = trainer.TrainSettings(max_steps=400, patience=100, eval_every=20, chunk_evals=2)
+  # Both fail: n > 4.
+  configs = [trainer.Configuration(d=3, n=5), trainer.Configuration(d=3, n=5, seed=1)]
+  shape = trainer.BucketShape.fitting(configs, slots=3)
+  slots = trainer.place(trainer.pack(configs, shape))
+  start = trainer.place(trainer.init_state(settings, shape, configs))
+  state, _ = trainer.train_chunk(settings, slots, start, False)
+  host = trainer.to_host(state)
+  assert (host.stop_reason[:2] == trainer.StopReason.RUNNING).all() and host.step[0] == 40
   broken = poison(host)
   broken = broken.replace(queries=poisoned(broken.queries, 2, np.nan))
-  healthy, _ = T.train_chunk(settings, slots, T.place(host), False)
-  after, _ = T.train_chunk(settings, slots, T.place(broken), False)
-  after, healthy = T.to_host(after), T.to_host(healthy)
-  assert after.stop_reason[0] == T.StopReason.NONFINITE and after.step[0] == 40
-  assert after.stop_reason[2] == T.StopReason.EMPTY
+  healthy, _ = trainer.train_chunk(settings, slots, trainer.place(host), False)
+  after, _ = trainer.train_chunk(settings, slots, trainer.place(broken), False)
+  after, healthy = trainer.to_host(after), trainer.to_host(healthy)
+  assert after.stop_reason[0] == trainer.StopReason.NONFINITE and after.step[0] == 40
+  assert after.stop_reason[2] == trainer.StopReason.EMPTY
   assert after.stop_reason[1] == healthy.stop_reason[1] and after.step[1] == 80
   np.testing.assert_array_equal(after.documents[1], healthy.documents[1])
   np.testing.assert_array_equal(after.loss[1], healthy.loss[1])
 
 
 def test_embeddings_are_returned_unpadded():
-  configs = [T.Configuration(d=2, n=3), T.Configuration(d=4, n=6)]
-  result = T.train(configs, return_embeddings=True)[0]
+  configs = [trainer.Configuration(d=2, n=3), trainer.Configuration(d=4, n=6)]
+  result = trainer.train(configs, return_embeddings=True)[0]
   assert result["queries"].shape == (3, 2) and result["documents"].shape == (3, 2)
   scores = result["queries"] @ result["documents"].T
   top2 = np.argsort(-scores, axis=1)[:, :2]
@@ -189,18 +193,19 @@ def test_one_bucket_shape_compiles_once_across_batches():
   compiles = []
   jax.monitoring.register_event_duration_secs_listener(
       lambda event, _, **kw: compiles.append(event) if "backend_compile" in event else None)
-  settings = T.TrainSettings(max_steps=100)
-  shape = T.BucketShape(slots=2, queries=15, documents=6, dims=4, width=2)
-  batches = [[T.Configuration(d=2, n=3), T.Configuration(d=4, n=6)],
-             [T.Configuration(d=3, n=5, seed=2)],
-             [T.Configuration(d=4, n=4, learning_rate=0.1), T.Configuration(d=1, n=2)]]
+  settings = trainer.TrainSettings(max_steps=100)
+  shape = trainer.BucketShape(slots=2, queries=15, documents=6, dims=4, width=2)
+  batches = [[trainer.Configuration(d=2, n=3), trainer.Configuration(d=4, n=6)],
+             [trainer.Configuration(d=3, n=5, seed=2)],
+             [trainer.Configuration(d=4, n=4, learning_rate=0.1), trainer.Configuration(d=1, n=2)]]
   counts = []
   for configs in batches:
-    slots = T.place(T.pack(configs, shape))
-    state, _ = T.train_chunk(settings, slots, T.place(T.init_state(settings, shape, configs)), True)
-    host = T.to_host(state)
-    state = T.place(T.init_state(settings, shape, configs, host, [-1, 1]))
-    T.train_chunk(settings, slots, state, False)
+    slots = trainer.place(trainer.pack(configs, shape))
+    start = trainer.place(trainer.init_state(settings, shape, configs))
+    state, _ = trainer.train_chunk(settings, slots, start, True)
+    host = trainer.to_host(state)
+    state = trainer.place(trainer.init_state(settings, shape, configs, host, [-1, 1]))
+    trainer.train_chunk(settings, slots, state, False)
     counts.append(len(compiles))
   assert counts[0] > 0 and counts[1] == counts[0] and counts[2] == counts[0]
 
@@ -209,45 +214,48 @@ def test_one_bucket_shape_compiles_once_across_batches():
     (dict(d=0, n=4), "d=0"), (dict(d=2, n=1), "n=1"), (dict(d=2, n=4, k=0), "k=0")])
 def test_configuration_validation(kwargs, field):
   with pytest.raises(ValueError, match=field):
-    T.Configuration(**kwargs)
+    trainer.Configuration(**kwargs)
 
 
 def test_pack_rejects_configurations_that_do_not_fit():
   with pytest.raises(ValueError, match="does not fit"):
-    T.pack([T.Configuration(d=5, n=4)], T.BucketShape(1, 6, 4, 4, 2))
+    trainer.pack([trainer.Configuration(d=5, n=4)], trainer.BucketShape(1, 6, 4, 4, 2))
 
 
 def test_moving_running_slots_into_a_larger_bucket_leaves_them_unchanged():
-  settings = T.TrainSettings(chunk_evals=2, eval_every=20)
-  configs = [T.Configuration(d=2, n=5), T.Configuration(d=3, n=6)]
-  small = T.BucketShape.fitting(configs)
-  small_slots = T.place(T.pack(configs, small))
-  state, _ = T.train_chunk(settings, small_slots, T.place(T.init_state(settings, small, configs)), False)
-  state = T.to_host(state)
-  big = T.BucketShape(slots=3, queries=28, documents=8, dims=5, width=2)
-  moved_configs = [T.Configuration(d=4, n=8), configs[1], configs[0]]
-  big_slots = T.place(T.pack(moved_configs, big))
-  moved = T.init_state(settings, big, moved_configs, state, [-1, 1, 0])
+  settings = trainer.TrainSettings(chunk_evals=2, eval_every=20)
+  configs = [trainer.Configuration(d=2, n=5), trainer.Configuration(d=3, n=6)]
+  small = trainer.BucketShape.fitting(configs)
+  small_slots = trainer.place(trainer.pack(configs, small))
+  start = trainer.place(trainer.init_state(settings, small, configs))
+  state, _ = trainer.train_chunk(settings, small_slots, start, False)
+  state = trainer.to_host(state)
+  big = trainer.BucketShape(slots=3, queries=28, documents=8, dims=5, width=2)
+  moved_configs = [trainer.Configuration(d=4, n=8), configs[1], configs[0]]
+  big_slots = trainer.place(trainer.pack(moved_configs, big))
+  moved = trainer.init_state(settings, big, moved_configs, state, [-1, 1, 0])
   np.testing.assert_array_equal(moved.queries[2, :15, :3], state.queries[0])
   assert not moved.queries[2, 15:].any()
   assert int(moved.step[1]) == int(state.step[1]) == 40 and int(moved.step[0]) == 0
-  continued, _ = T.train_chunk(settings, big_slots, T.place(moved), False)
-  reference, _ = T.train_chunk(settings, small_slots, T.place(state), False)
+  continued, _ = trainer.train_chunk(settings, big_slots, trainer.place(moved), False)
+  reference, _ = trainer.train_chunk(settings, small_slots, trainer.place(state), False)
   np.testing.assert_allclose(continued.loss[2], reference.loss[0], atol=1e-5)
   np.testing.assert_allclose(continued.loss[1], reference.loss[1], atol=1e-5)
 
 
 def test_initialisation_depends_on_the_configuration_alone():
-  config = T.Configuration(d=3, n=6, seed=5)
-  alone = T.init_state(T.TrainSettings(), T.BucketShape.fitting([config]), [config])
-  shape = T.BucketShape(slots=3, queries=40, documents=9, dims=7, width=2)
-  packed = T.init_state(T.TrainSettings(), shape, [T.Configuration(d=4, n=9), None, config])
+  config = trainer.Configuration(d=3, n=6, seed=5)
+  alone = trainer.init_state(trainer.TrainSettings(), trainer.BucketShape.fitting([config]),
+                             [config])
+  shape = trainer.BucketShape(slots=3, queries=40, documents=9, dims=7, width=2)
+  packed = trainer.init_state(trainer.TrainSettings(), shape,
+                              [trainer.Configuration(d=4, n=9), None, config])
   np.testing.assert_array_equal(packed.queries[2, :15, :3], alone.queries[0])
   np.testing.assert_array_equal(packed.documents[2, :6, :3], alone.documents[0])
   assert not packed.queries[2, 15:].any() and not packed.queries[2, :, 3:].any()
-  assert not packed.queries[1].any() and packed.stop_reason[1] == T.StopReason.EMPTY
-  other_seed = T.init_state(T.TrainSettings(), T.BucketShape.fitting([config]),
-                            [T.Configuration(d=3, n=6, seed=6)])
+  assert not packed.queries[1].any() and packed.stop_reason[1] == trainer.StopReason.EMPTY
+  other_seed = trainer.init_state(trainer.TrainSettings(), trainer.BucketShape.fitting([config]),
+                            [trainer.Configuration(d=3, n=6, seed=6)])
   assert not np.allclose(other_seed.documents, alone.documents)
 
 
@@ -256,4 +264,4 @@ def test_initialisation_depends_on_the_configuration_alone():
     (np.zeros((0, 2), np.int32), "shape")])
 def test_explicit_relevance_tables_are_validated(table, field):
   with pytest.raises(ValueError, match=field):
-    T.Configuration(d=2, n=4, k=2, table=table)
+    trainer.Configuration(d=2, n=4, k=2, table=table)

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from test_driver import sweep, write_config_file
+from helpers import sweep, write_config_file
 
 LATE_LINES = slice(2, 4)
 
