@@ -17,12 +17,18 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import orbax.checkpoint as ocp
 from etils import epath
 
 from sweep import config as config_lib
 from sweep.lock import is_object_store
+
+# orbax (with tensorstore and JAX) takes a second to import, so it is imported where a
+# checkpoint is listed, read or saved: a store that only reads results (status, plot) never
+# loads it.
+if TYPE_CHECKING:
+  import orbax.checkpoint as ocp
 
 RESTORE_TRIES = 3
 KEEP_CHECKPOINTS = 2
@@ -142,6 +148,7 @@ class Checkpoints:
   @property
   def manager(self) -> ocp.CheckpointManager:
     if self._checkpoints is None:
+      import orbax.checkpoint as ocp
       directory = self.workdir / "checkpoints"
       self._checkpoints = ocp.CheckpointManager(
           directory if self.object_store else directory.resolve(),
@@ -164,6 +171,8 @@ class Checkpoints:
     Then only the newest KEEP_CHECKPOINTS stay: orbax deletes older ones after a save, so a
     kill between the two, or a run that saved nothing new, would leave more for good.
     """
+    import orbax.checkpoint as ocp
+
     def save():
       if step not in self.manager.all_steps():
         self.manager.save(step, args=ocp.args.Composite(
@@ -176,6 +185,7 @@ class Checkpoints:
     self._call(save, f"saving checkpoint {step}")
 
   def _restore(self, step: int, abstract_train_state, config: dict | None):
+    import orbax.checkpoint as ocp
     driver = self.manager.restore(step, args=ocp.args.Composite(
         driver=ocp.args.JsonRestore()))["driver"]
     if config is not None:  # before its train state, which another config's could not fit

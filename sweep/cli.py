@@ -16,14 +16,14 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+# Only what every command needs is imported here: each command imports its own machinery
+# (the driver and JAX, the compiler, scipy), so `sweep status` starts in a fraction of a second.
 from sweep import config as config_lib
 from sweep import checkpoints as checkpoints_lib
-from sweep import compilation, construct
-from sweep import driver as driver_lib
-from sweep import geometry, hardware, targets
-from sweep import qrels as qrels_lib
 from sweep import lock as lock_lib
+from sweep import qrels as qrels_lib
 from sweep import store as store_lib
+from sweep import targets
 from sweep.problems import CRITERIA
 from sweep.store import Store
 
@@ -109,6 +109,8 @@ def _sweep(config) -> Store | None:
   Any error of the run or of its cleanup ends in one `error:` line; the run's own error wins
   over one its cleanup raised after it.
   """
+  from sweep import compilation
+  from sweep import driver as driver_lib
   logging.set_verbosity(logging.WARNING)  # progress lines are printed; library chatter is not
   writer = _start_processes()
   stop = []
@@ -242,6 +244,7 @@ def verify(argv) -> None:
   if len(argv) != 2:
     sys.exit("usage: sweep verify WITNESS.npz")
   path = argv[1]
+  from sweep import construct
   try:
     arrays = store_lib.read_witness(path)
     missing = [name for name in ("queries", "documents", "relevance") if name not in arrays]
@@ -279,6 +282,7 @@ def verify(argv) -> None:
 def geometry_table(argv) -> None:
   """The geometric critical n of each --dims for --k, each witness certified."""
   del argv
+  from sweep import geometry
   try:
     dims = [int(d) for d in FLAGS.dims]
   except ValueError:
@@ -369,10 +373,12 @@ def run_main() -> None:
   if len(sys.argv) < 2 or sys.argv[1] not in (*COMMANDS, "plot"):
     sys.exit(USAGE)
   _command_line[:] = sys.argv
-  hardware.quiet_tpu_runtime()
   # gcsfs logs a traceback when a request runs out of retries; the command says it in one line.
   std_logging.getLogger("gcsfs").setLevel(std_logging.CRITICAL)
   command = sys.argv.pop(1)
+  if command in ("run", "fit-qrels", "plan"):  # the commands that start JAX
+    from sweep import hardware
+    hardware.quiet_tpu_runtime()
   if command == "plot":
     from plots import critical_n
     critical_n.main([f"{sys.argv[0]} plot", *sys.argv[1:]])

@@ -14,9 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import networkx as nx
 import numpy as np
-from scipy import optimize
 
 from sweep import construct, problems
 
@@ -175,6 +173,7 @@ def separation_margin(documents: np.ndarray, subset) -> float:
   is iff some query retrieves it; 0 otherwise (w = 0 is always feasible). inf if no other
   document is left.
   """
+  from scipy import optimize  # a third of a second to import: only the LP checks need it
   documents = np.asarray(documents, np.float64)
   n, d = documents.shape
   inside = np.zeros(n, bool)
@@ -242,6 +241,7 @@ def fits_on_a_line(relevance) -> bool:
 def pairs_fit_on_a_circle(pairs, n: int) -> bool:
   """d = 2: documents on a circle retrieve only neighbouring pairs, so the pair graph must
   lie in one cycle through every document: degrees <= 2, and a cycle only if it is that one."""
+  import networkx as nx  # half a second to import: only a qrels fit's bounds need it
   graph = nx.Graph(pairs)
   if any(degree > 2 for _, degree in graph.degree):
     return False
@@ -251,6 +251,7 @@ def pairs_fit_on_a_circle(pairs, n: int) -> bool:
 
 def pairs_planar(pairs, n: int) -> tuple[bool, str]:
   """d = 3: retrievable pairs are edges of a 3-polytope, a planar graph. (planar, why)."""
+  import networkx as nx
   if n >= 3 and len(pairs) > 3 * n - 6:
     return False, f"{len(pairs)} distinct relevant pairs > 3n - 6 = {3 * n - 6}"
   planar, _ = nx.check_planarity(nx.Graph(pairs))

@@ -25,7 +25,6 @@ import zipfile
 import zlib
 from collections.abc import Callable
 
-import jax
 import numpy as np
 from etils import epath
 
@@ -45,6 +44,7 @@ def _first_of_each(records: list[dict]) -> list[dict]:
 
 def environment() -> dict:
   """Versions and the device, recorded next to the config so a result can be traced."""
+  import jax  # only a run that writes config.json asks: `sweep status` and plots need no JAX
   versions = {name: importlib.metadata.version(name)
               for name in ("jax", "jaxlib", "optax", "orbax-checkpoint", "flax")}
   device = jax.devices()[0]

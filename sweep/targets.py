@@ -15,7 +15,7 @@ import math
 
 from ml_collections import ConfigDict
 
-from sweep import batching, geometry, qrels, search
+from sweep import geometry, qrels, search
 from sweep.ledger import Ledger
 from sweep.problems import Configuration, Probe
 
@@ -52,6 +52,7 @@ class CriticalN:
     """
     if self.config.max_n:
       return self.config.max_n
+    from sweep import batching  # JAX, optax and flax: `sweep status` reads rows without them
     k = self.config.k
     fits = lambda n: batching.slot_fits_device(
         batching.shape_class(self.configuration(Probe(d, n, 0))), self.config.memory_budget_mb)
