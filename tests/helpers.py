@@ -6,11 +6,13 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 
 from sweep import config as config_lib
 from sweep import construct, problems
 from sweep import driver as driver_lib
+from sweep import trainer
 from sweep.store import Store
 
 TINY = dict(dims=(2, 3), restarts=2, max_steps=3000, patience=300, eval_every=25,
@@ -75,3 +77,17 @@ def curve_witness(n, k, d=None, dtype=np.float64):
   d = 2 * k if d is None else d
   queries = construct.queries_for_subsets(problems.colex_subsets(n, k), n, d)
   return queries.astype(dtype), construct.documents_on_curve(n, k, d).astype(dtype)
+
+
+def loss_trace(configs, shape, steps, settings=trainer.TrainSettings()):
+  """(the loss of every slot after each of `steps` jitted steps [steps, slots], the host
+  state after the last)."""
+  slots = trainer.pack(configs, shape)
+  state = jax.jit(trainer.start_optimizer, static_argnums=0)(
+      settings, slots, trainer.init_state(settings, shape, configs))
+  step = jax.jit(trainer.train_step, static_argnums=0)
+  losses = []
+  for _ in range(steps):
+    state = step(settings, slots, state)
+    losses.append(np.asarray(state.loss))
+  return np.stack(losses), trainer.to_host(state)

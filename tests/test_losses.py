@@ -12,6 +12,8 @@ from sweep import construct, objective, targets
 from sweep import trainer
 from sweep.ledger import Ledger
 from sweep.problems import LOSS_FORMS, Probe
+from sweep.store import Store
+from helpers import loss_trace
 
 LOSSES = LOSS_FORMS
 
@@ -32,26 +34,14 @@ def test_each_loss_lowers_its_own_value_on_a_solvable_problem(loss):
   assert math.isfinite(start) and result["best_loss"] < 0.9 * start
 
 
-def _trace(settings, configs, shape, steps=60):
-  slots = trainer.pack(configs, shape)
-  state = jax.jit(trainer.start_optimizer, static_argnums=0)(
-      settings, slots, trainer.init_state(settings, shape, configs))
-  step = jax.jit(trainer.train_step, static_argnums=0)
-  losses = []
-  for _ in range(steps):
-    state = step(settings, slots, state)
-    losses.append(np.asarray(state.loss))
-  return np.stack(losses), trainer.to_host(state)
-
-
 @pytest.mark.parametrize("loss", LOSSES)
 def test_padded_slots_and_documents_change_nothing(loss):
   settings = trainer.TrainSettings(loss=loss)
   config = trainer.Configuration(d=3, n=6, seed=7)
   others = [trainer.Configuration(d=5, n=9, seed=1), trainer.Configuration(d=2, n=4, seed=3)]
-  alone, alone_state = _trace(settings, [config], trainer.BucketShape.fitting([config]))
+  alone, alone_state = loss_trace([config], trainer.BucketShape.fitting([config]), 60, settings)
   batch = [others[0], config, others[1]]
-  together, state = _trace(settings, batch, trainer.BucketShape.fitting(batch, slots=4))
+  together, state = loss_trace(batch, trainer.BucketShape.fitting(batch, slots=4), 60, settings)
   np.testing.assert_allclose(alone[:, 0], together[:, 1], rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(trainer.embeddings(alone_state, 0, config)[1],
                              trainer.embeddings(state, 1, config)[1], atol=1e-4)
@@ -61,17 +51,18 @@ def test_padded_slots_and_documents_change_nothing(loss):
 def test_sigmoid_scale_and_bias_are_per_slot():
   settings = trainer.TrainSettings(loss="sigmoid")
   plain = trainer.Configuration(d=3, n=6, seed=7)
-  shifted = trainer.Configuration(d=3, n=6, seed=7, sigmoid_log_scale=math.log(3.0), sigmoid_bias=-2.0)
+  shifted = trainer.Configuration(d=3, n=6, seed=7, sigmoid_log_scale=math.log(3.0),
+                                  sigmoid_bias=-2.0)
   shape = trainer.BucketShape.fitting([plain, shifted])
-  losses, state = _trace(settings, [plain, shifted], shape, steps=40)
+  losses, state = loss_trace([plain, shifted], shape, 40, settings)
   assert state.log_scale[0] != state.log_scale[1] and state.bias[0] != state.bias[1]
   assert not np.allclose(state.documents[0], state.documents[1])
   for slot, config in enumerate((plain, shifted)):  # each as it trains alone
-    alone, alone_state = _trace(settings, [config], trainer.BucketShape.fitting([config]), steps=40)
+    alone, alone_state = loss_trace([config], trainer.BucketShape.fitting([config]), 40, settings)
     np.testing.assert_allclose(alone[:, 0], losses[:, slot], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(alone_state.bias[0], state.bias[slot], rtol=1e-5)
   frozen = trainer.TrainSettings(loss="sigmoid", train_bias=False)
-  _, frozen_state = _trace(frozen, [shifted], trainer.BucketShape.fitting([shifted]), steps=40)
+  _, frozen_state = loss_trace([shifted], trainer.BucketShape.fitting([shifted]), 40, frozen)
   assert frozen_state.bias[0] == np.float32(-2.0) and frozen_state.log_scale[0] != np.float32(
       math.log(3.0))
 
@@ -137,29 +128,22 @@ def test_the_cases_pass_topk_but_fail_threshold_and_margin_apart():
   assert shifted_gap <= 0 and shifted_margin >= 0.3  # fails threshold, passes margin
 
 
-RESULTS = """\
-{"d": 4, "n": 8, "k": 2, "seed": 42, "success": true, "stop_reason": "success", "stop_step": 50, "certified": true, "margin64": 0.1}
-{"d": 4, "n": 8, "k": 2, "seed": 43, "success": true, "stop_reason": "success", "stop_step": 50, "certified": true, "margin64": 0.1}
-{"d": 4, "n": 8, "k": 2, "seed": 44, "success": false, "stop_reason": "plateau", "stop_step": 900, "certified": false, "margin64": -0.1}
-{"d": 4, "n": 10, "k": 2, "seed": 42, "success": true, "stop_reason": "success", "stop_step": 50, "certified": true, "margin64": 0.1}
-{"d": 4, "n": 10, "k": 2, "seed": 43, "success": false, "stop_reason": "plateau", "stop_step": 900, "certified": false, "margin64": -0.1}
-{"d": 4, "n": 10, "k": 2, "seed": 44, "success": false, "stop_reason": "plateau", "stop_step": 900, "certified": false, "margin64": -0.1}
-{"d": 4, "n": 9, "k": 2, "seed": 42, "success": false, "stop_reason": "plateau", "stop_step": 900, "certified": false, "margin64": -0.1}
-{"d": 4, "n": 9, "k": 2, "seed": 43, "success": false, "stop_reason": "plateau", "stop_step": 900, "certified": false, "margin64": -0.1}
-{"d": 4, "n": 9, "k": 2, "seed": 44, "success": true, "stop_reason": "success", "stop_step": 50, "certified": true, "margin64": 0.1}
-{"d": 4, "n": 11, "k": 2, "seed": 42, "success": false, "stop_reason": "plateau", "stop_step": 900, "certified": false, "margin64": -0.1}
-{"d": 4, "n": 11, "k": 2, "seed": 43, "success": false, "stop_reason": "plateau", "stop_step": 900, "certified": false, "margin64": -0.1}
-{"d": 4, "n": 11, "k": 2, "seed": 44, "success": false, "stop_reason": "plateau", "stop_step": 900, "certified": false, "margin64": -0.1}
-"""
+# (n, seeds that succeeded) of a d = 4 search with three restarts, in the order finished.
+OUTCOMES = [(8, (True, True, False)), (10, (True, False, False)), (9, (False, False, True)),
+            (11, (False, False, False))]
 
 
-def test_critical_n_median_from_a_hand_built_results_file():
+def test_critical_n_median_from_a_hand_built_results_file(tmp_path):
+  lines = [json.dumps(dict(d=4, n=n, k=2, seed=42 + i, success=ok, certified=ok,
+                           margin64=0.1 if ok else -0.1, stop_step=50 if ok else 900,
+                           stop_reason="success" if ok else "plateau"))
+           for n, seeds in OUTCOMES for i, ok in enumerate(seeds)]
+  (tmp_path / "results.jsonl").write_text("\n".join(lines) + "\n")
   config = config_lib.default_config()
   config.update(dims=(4,), restarts=3, max_n=40)
   target = targets.CriticalN(config)
   ledger = Ledger.start(target.specs())
-  for line in RESULTS.splitlines():
-    record = json.loads(line)
+  for record in Store(str(tmp_path), writer=False).read_results():
     ledger.observe(target, Probe(record["d"], record["n"], record["seed"]), record, 3)
   row = target.report(ledger)[0]
   # Any seed: 8, 9 and 10 succeed, 11 fails. Half the seeds: 8 (2/3) does, 9 (1/3) does not.

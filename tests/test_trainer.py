@@ -7,6 +7,7 @@ import pytest
 
 from sweep import problems
 from sweep import trainer
+from helpers import loss_trace
 
 
 def plain_loss(queries, documents, relevance, temperature, form):
@@ -40,18 +41,6 @@ def test_padded_slot_loss_and_gradient_match_plain_computation(form):
   np.testing.assert_allclose(grad_d[:5, :3], exp_d, atol=1e-5)
   assert not np.asarray(grad_q[10:]).any() and not np.asarray(grad_q[:, 3:]).any()
   assert not np.asarray(grad_d[5:]).any() and not np.asarray(grad_d[:, 3:]).any()
-
-
-def loss_trace(configs, shape, steps, settings=trainer.TrainSettings()):
-  slots = trainer.pack(configs, shape)
-  state = jax.jit(trainer.start_optimizer, static_argnums=0)(
-      settings, slots, trainer.init_state(settings, shape, configs))
-  step = jax.jit(trainer.train_step, static_argnums=0)
-  losses = []
-  for _ in range(steps):
-    state = step(settings, slots, state)
-    losses.append(np.asarray(state.loss))
-  return np.stack(losses), state
 
 
 def test_alone_and_in_a_padded_batch_train_identically():
