@@ -31,7 +31,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from sweep import batching, objective, paper, plan
+from sweep import objective, paper, plan, sizing
 from sweep import trainer
 
 _DIMS = flags.DEFINE_list("dims", ["8", "16", "24", "32"], "dimensions (45 needs an accelerator)")
@@ -44,7 +44,7 @@ _MEASURE = flags.DEFINE_integer("measure_memory_of", 0, "internal: measure one d
 def slot_of(d: int):
   n = {r["d"]: r["critical_n"] for r in paper.read_table6()}[d]
   config = trainer.Configuration(d=d, n=n)
-  return config, batching.shape_class(config)
+  return config, sizing.shape_class(config)
 
 
 def timed_steps(settings, config, shape):

@@ -244,7 +244,7 @@ def verify(argv) -> None:
   if len(argv) != 2:
     sys.exit("usage: sweep verify WITNESS.npz")
   path = argv[1]
-  from sweep import construct
+  from sweep import certify
   try:
     arrays = store_lib.read_witness(path)
     missing = [name for name in ("queries", "documents", "relevance") if name not in arrays]
@@ -259,7 +259,7 @@ def verify(argv) -> None:
     if epsilon.shape != () or epsilon.dtype.kind != "f":
       raise ValueError(f"criterion_epsilon is {epsilon.tolist()!r}: need one float")
     epsilon = float(epsilon)
-    margin = construct.margin64(queries, documents, relevance, criterion)
+    margin = certify.margin64(queries, documents, relevance, criterion)
     d, n = queries.shape[1], documents.shape[0]
     for name, actual in (("d", d), ("n", n)):
       stored = arrays.get(name)
@@ -268,7 +268,7 @@ def verify(argv) -> None:
         raise ValueError(f"it says {name}={stored.tolist()!r}, its arrays have {name}={actual}")
   except ValueError as error:
     _fail(ValueError(f"{path}: not a witness: {error}"))
-  verified = construct.passes(criterion, epsilon, margin)
+  verified = certify.passes(criterion, epsilon, margin)
   rule = "" if criterion == "topk" else (
       " (criterion threshold)" if criterion == "threshold" else
       f" (criterion margin >= {epsilon:g})")

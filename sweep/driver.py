@@ -18,7 +18,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
-from sweep import construct, scheduler, targets
+from sweep import certify, scheduler, targets
 from sweep.config import settings_of, validate_config
 from sweep.ledger import Ledger
 from sweep.pool import ConstructionPool, Finished, TrainingPool
@@ -79,7 +79,7 @@ class Driver:
     for done in finished:
       queries, documents = done.embeddings
       table = self.target.configuration(done.probe).relevance()
-      certified, margin64 = construct.certify(done.outcome["success"], queries, documents, table,
+      certified, margin64 = certify.success_certificate(done.outcome["success"], queries, documents, table,
                                               self.config.criterion, self.config.criterion_epsilon)
       record = dict(self._made_by(done.probe), **done.outcome, certified=certified,
                     margin64=margin64, wall_seconds=round(done.seconds, 3))

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from sweep import construct, problems
+from sweep import certify, construct, problems
 
 UNBOUNDED = "unbounded"
 LP_TOLERANCE = 1e-7  # an LP margin at most this is "no separating hyperplane"
@@ -199,12 +199,12 @@ def lp_margins(documents: np.ndarray, k: int) -> np.ndarray:
 
 def certify_witness(d: int, k: int, n_unbounded: int, lp_max_subsets: int) -> dict:
   """The witness at G(d, k) (at n_unbounded where there is no limit), verified in float64
-  with its own queries (construct.margin64) and, when it has at most lp_max_subsets k-subsets,
+  with its own queries (certify.margin64) and, when it has at most lp_max_subsets k-subsets,
   by the LP with none: a row of `sweep geometry`."""
   limit = critical_n(d, k)
   n = n_unbounded if limit is None else limit
   queries, documents = witness(d, k, n)
-  margin64 = construct.margin64(queries, documents, problems.colex_subsets(n, k))
+  margin64 = certify.margin64(queries, documents, problems.colex_subsets(n, k))
   verified = margin64 > 0
   subsets = math.comb(n, k)
   lp_margin = float(lp_margins(documents, k).min()) if subsets <= lp_max_subsets else None
@@ -325,10 +325,10 @@ def upper_witness(relevance) -> tuple[int, np.ndarray, np.ndarray, str]:
 
 
 def dimension_bounds(relevance) -> DimensionBounds:
-  """Both bounds, the upper one's witness verified in float64 (construct.margin64)."""
+  """Both bounds, the upper one's witness verified in float64 (certify.margin64)."""
   lower, lower_reason = lower_bound(relevance)
   upper, queries, documents, upper_reason = upper_witness(relevance)
-  margin64 = construct.margin64(queries, documents, relevance.table)
+  margin64 = certify.margin64(queries, documents, relevance.table)
   if not margin64 > 0:
     raise RuntimeError(f"the d = {upper} witness does not verify in float64 "
                        f"(margin {margin64:.3e})")

@@ -6,7 +6,7 @@ once. The program is compiled for the devices it will run on: this process's own
 chips of a TPU slice this machine does not have (hardware.tpu_devices), so that a plan made
 anywhere sees what the TPU compiler sees.
 Compiling only to measure costs seconds, so on a CPU callers measure only where a
-conservative estimate does not already fit (batching.slots_within).
+conservative estimate does not already fit (sizing.slots_within).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sweep import batching, hardware, memory, objective, problems, scheduler, search, targets
+from sweep import hardware, memory, objective, problems, scheduler, search, sizing, targets
 from sweep import trainer
 from sweep.config import settings_of, validate_config
 
@@ -215,7 +215,7 @@ def boundary_check(sweep: targets.CriticalN, settings: trainer.TrainSettings, d:
   or beyond memory_budget_mb. None where it fits."""
   config = sweep.config
   boundary = sweep.start_n(d)
-  shape = batching.shape_class(sweep.configuration(problems.Probe(d, boundary, config.seed)))
+  shape = sizing.shape_class(sweep.configuration(problems.Probe(d, boundary, config.seed)))
   budget = config.memory_budget_mb * 2**20
   limit = min(device.memory, budget)
   # Its inputs alone may not fit (exact, no compile); else the compiled program decides.
@@ -252,7 +252,7 @@ def plan_sweep(config, device: Device, steps: StepModel = StepModel(), workers: 
     device = dataclasses.replace(device, memory=hardware.chip_memory_bytes(devices[0]))
   sweep = targets.CriticalN(config)
   replays = [replay(config, int(key.removeprefix("d=")), spec) for key, spec in sweep.specs().items()]
-  shape_of = lambda d, n: batching.shape_class(sweep.configuration(problems.Probe(d, n, config.seed)))
+  shape_of = lambda d, n: sizing.shape_class(sweep.configuration(problems.Probe(d, n, config.seed)))
   # Each search's probes lie around its start n, mostly in its shape; compiling only the
   # start shapes keeps the plan to one pair of compiles per distinct shape of the sweep.
   start_shapes = {r.d: shape_of(r.d, r.boundary) for r in replays}

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from sweep import batching, construct, objective, scheduler
+from sweep import construct, objective, scheduler, sizing
 from sweep import trainer
 from sweep.problems import BucketShape, Configuration, Probe, TrainSettings
 
@@ -77,19 +77,19 @@ class TrainingPool:
     return [None if p is None else self.configuration(p) for p in bucket.slots]
 
   def _fits_budget(self, shapes) -> bool:
-    return batching.buckets_fit(shapes, self.memory_budget_mb, self.settings)
+    return sizing.buckets_fit(shapes, self.memory_budget_mb, self.settings)
 
   def admit(self, queue: list[Probe]) -> list[Probe]:
     """Place queued probes into free or new slots of the buckets of their shape class;
     returns the probes that wait. A bucket that changes is rebuilt on the host (a plain
     gather from the copies the last round fetched) and sent to the device."""
-    own = [batching.shape_class(self.configuration(p)) for p in queue]
+    own = [sizing.shape_class(self.configuration(p)) for p in queue]
     shapes, self.shapes = scheduler.target_shapes(own, self.shapes)
     placements, waiting = scheduler.arrange(
         self.buckets, queue, shapes, self.slots_per_bucket, self.max_slots, self._fits_budget)
     if waiting and not placements:
       raise ValueError(f"config.memory_budget_mb={self.memory_budget_mb} is too small for one "
-                       f"slot of {own[0]}: need >= {batching.slot_bytes(own[0]) / 2**20:.1f}")
+                       f"slot of {own[0]}: need >= {sizing.slot_bytes(own[0]) / 2**20:.1f}")
     hosts, device = self._hosts, []
     for placed in placements:
       bucket, source = placed.bucket, placed.source

@@ -1,6 +1,6 @@
 """Which probe trains in which slot of which bucket: several buckets, each sized to its probes.
 
-A probe trains in the shape class of its configuration (batching.shape_class), or in a shape
+A probe trains in the shape class of its configuration (shapes.shape_class), or in a shape
 the sweep already compiled that it fills well (target_shape): probes of very different sizes
 never share one padded shape, and a sweep compiles few. Every bucket has the same slot count,
 so each shape is one compiled program however many buckets of it are live; a shape gets more

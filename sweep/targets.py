@@ -52,10 +52,10 @@ class CriticalN:
     """
     if self.config.max_n:
       return self.config.max_n
-    from sweep import batching  # JAX, optax and flax: `sweep status` reads rows without them
+    from sweep import sizing  # JAX, optax and flax: `sweep status` reads rows without them
     k = self.config.k
-    fits = lambda n: batching.slot_fits_device(
-        batching.shape_class(self.configuration(Probe(d, n, 0))), self.config.memory_budget_mb)
+    fits = lambda n: sizing.slot_fits_device(
+        sizing.shape_class(self.configuration(Probe(d, n, 0))), self.config.memory_budget_mb)
     if not fits(k + 1):
       raise ValueError(f"config.memory_budget_mb={self.config.memory_budget_mb} is out of "
                        f"range: too small for one slot at d={d}, n={k + 1}")

@@ -22,7 +22,7 @@ import optax
 from flax import struct
 from jax.experimental import multihost_utils
 
-from sweep import construct, objective, problems
+from sweep import certify, construct, objective, problems
 from sweep.problems import BucketShape, Configuration, TrainSettings
 
 
@@ -277,7 +277,7 @@ def _healthy(slot: Slots, state: TrainState):
   overflowed to inf (Adam then zeroes those entries' updates for good) and zero start rows.
   """
   def unit(x, count):
-    return _real_rows(jnp.abs((x * x).sum(axis=-1) - 1) <= construct.UNIT_TOLERANCE, count).all()
+    return _real_rows(jnp.abs((x * x).sum(axis=-1) - 1) <= certify.UNIT_TOLERANCE, count).all()
   finite = [jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(state.opt_state)]
   return (unit(state.queries, slot.num_queries) & unit(state.documents, slot.num_documents)
           & jnp.stack(finite).all())

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from sweep import cli, construct, driver as driver_lib, objective, problems
+from sweep import certify, cli, construct, driver as driver_lib, objective, problems
 from sweep import trainer
 from sweep.store import Store
 from helpers import curve_witness, tiny_config
@@ -21,7 +21,7 @@ def test_a_float32_success_that_float64_refutes_is_uncertified():
   table = table[np.random.default_rng(0).choice(len(table), 2000, replace=False)]
   queries = construct.queries_for_subsets(table, n, 4).astype(np.float32)
   documents = construct.documents_on_curve(n, 2, 4).astype(np.float32)
-  margins64 = construct.query_margins(queries.astype(np.float64), documents.astype(np.float64), table)
+  margins64 = certify.query_margins(queries.astype(np.float64), documents.astype(np.float64), table)
   for row in np.flatnonzero(margins64 <= 0):
     one = table[row:row + 1]
     accuracy, _, _ = objective.retrieval_metrics(queries[row:row + 1], documents, one, 1, n)
@@ -29,9 +29,9 @@ def test_a_float32_success_that_float64_refutes_is_uncertified():
       break
   else:
     raise AssertionError("no float32-only success in the sample")
-  certified, margin64 = construct.certify(True, queries[row:row + 1], documents, one)
+  certified, margin64 = certify.success_certificate(True, queries[row:row + 1], documents, one)
   assert not certified and margin64 <= 0
-  assert construct.certify(True, queries[:1], documents, table[:1])[0] == (margins64[0] > 0)
+  assert certify.success_certificate(True, queries[:1], documents, table[:1])[0] == (margins64[0] > 0)
 
 
 def test_sweep_certifies_ordinary_successes_and_keeps_a_witness(tmp_path):
@@ -170,6 +170,6 @@ def test_verify_refuses_non_finite_embeddings(tmp_path, capsys):
 def test_certificates_refuse_arrays_that_certify_nothing():
   queries, documents = curve_witness(5, 2)
   with pytest.raises(ValueError, match="row 0 has no relevant document"):
-    construct.certify(True, queries, documents, np.full((10, 2), -1))
-  assert np.isnan(construct.margin64(queries * np.inf, documents, problems.colex_subsets(5, 2)))
-  assert construct.certify(True, queries, documents, problems.colex_subsets(5, 2))[0]
+    certify.success_certificate(True, queries, documents, np.full((10, 2), -1))
+  assert np.isnan(certify.margin64(queries * np.inf, documents, problems.colex_subsets(5, 2)))
+  assert certify.success_certificate(True, queries, documents, problems.colex_subsets(5, 2))[0]

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from sweep import construct
+from sweep import certify, construct
 from sweep import problems
 from helpers import curve_witness
 
@@ -12,7 +12,7 @@ from helpers import curve_witness
 def test_every_topk_set_is_retrievable_in_2k_dimensions(n, k):
   queries, documents = curve_witness(n, k)
   assert queries.shape == (math.comb(n, k), 2 * k) and documents.shape == (n, 2 * k)
-  ok, margin = construct.verify(queries, documents, problems.colex_subsets(n, k))
+  ok, margin = certify.verify(queries, documents, problems.colex_subsets(n, k))
   assert ok and margin > 0
 
 
@@ -20,7 +20,7 @@ def test_zero_padding_keeps_the_witness():
   queries, documents = curve_witness(30, 2, d=8)
   assert queries.shape == (math.comb(30, 2), 8) and documents.shape == (30, 8)
   assert not queries[:, 4:].any() and not documents[:, 4:].any()
-  assert construct.verify(queries, documents, problems.colex_subsets(30, 2))[0]
+  assert certify.verify(queries, documents, problems.colex_subsets(30, 2))[0]
 
 
 def test_unit_norm_and_equal_scores_on_the_relevant_set():
@@ -39,16 +39,16 @@ def test_unit_norm_and_equal_scores_on_the_relevant_set():
 
 def test_verify_margin_edge_cases():
   queries, documents = curve_witness(3, 3)
-  assert construct.verify(queries, documents, problems.colex_subsets(3, 3)) == (True, math.inf)
+  assert certify.verify(queries, documents, problems.colex_subsets(3, 3)) == (True, math.inf)
   queries, documents = curve_witness(6, 2)
   relevance = problems.colex_subsets(6, 2)
   wrong = relevance[::-1]  # another query's set: not its top-2
-  ok, margin = construct.verify(queries, documents, wrong)
+  ok, margin = certify.verify(queries, documents, wrong)
   assert not ok and margin < 0
   # A padded entry (-1) leaves only the other document relevant, and hides none.
   padded = np.array([[0, problems.PAD]])
   _, docs = curve_witness(6, 2)
-  ok, margin = construct.verify(docs[:1], docs, padded)  # query = document 0
+  ok, margin = certify.verify(docs[:1], docs, padded)  # query = document 0
   assert ok and margin == pytest.approx(1 - docs[1] @ docs[0])
 
 
@@ -67,13 +67,13 @@ def test_certify_refuses_embeddings_that_are_not_finite_unit_rows():
   queries = np.array([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0]]) / np.sqrt(2)
   table = problems.colex_subsets(3, 2)
   assert [sorted(np.argsort(-scores)[:2]) for scores in queries @ documents.T] == table.tolist()
-  assert construct.verify(queries, documents, table)[0]
-  assert not construct.certify(True, queries, documents, table)[0]
+  assert certify.verify(queries, documents, table)[0]
+  assert not certify.success_certificate(True, queries, documents, table)[0]
   unit = documents.copy()
   unit[2] = [-1.0, -1.0] / np.sqrt(2)  # the same ranking from a unit document
-  assert construct.verify(queries, unit, table)[0] and construct.certify(True, queries, unit, table)[0]
-  assert not construct.certify(True, 0.5 * queries, unit, table)[0]  # same ranks, not unit
+  assert certify.verify(queries, unit, table)[0] and certify.success_certificate(True, queries, unit, table)[0]
+  assert not certify.success_certificate(True, 0.5 * queries, unit, table)[0]  # same ranks, not unit
   for bad in (np.nan, np.inf):
     broken = unit.copy()
     broken[0, 0] = bad
-    assert not construct.certify(True, queries, broken, table)[0]
+    assert not certify.success_certificate(True, queries, broken, table)[0]

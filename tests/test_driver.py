@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from sweep import config as config_lib
-from sweep import construct
+from sweep import certify
 from sweep import problems
 from sweep import driver as driver_lib
 from sweep import targets
@@ -271,7 +271,7 @@ def test_relevant_sets_of_mixed_sizes_train(tmp_path):
   queries = np.stack([documents[docs].sum(axis=0) for docs in sets])
   queries /= np.linalg.norm(queries, axis=1, keepdims=True)
   table = np.array([docs + [problems.PAD] * (3 - len(docs)) for docs in sets])
-  assert construct.verify(queries, documents, table)[0]
+  assert certify.verify(queries, documents, table)[0]
   report = fit_matrix(tmp_path, matrix, start_d=4)
   assert report["geometry"]["lower_d"] == 2
   assert report["done"] and report["critical_d"] == 2

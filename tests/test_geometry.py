@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from plots import critical_n
-from sweep import construct, geometry, problems, qrels
+from sweep import certify, geometry, problems, qrels
 
 SMALL_CASES = [(d, k) for k in range(1, 5) for d in range(1, 2 * k)]
 
@@ -36,7 +36,7 @@ def test_every_k_subset_of_the_witness_at_g_is_separable(d, k):
   assert documents.shape == (n, d) and queries.shape == (math.comb(n, k), d)
   np.testing.assert_allclose(np.linalg.norm(documents, axis=1), 1.0, atol=1e-12)
   np.testing.assert_allclose(np.linalg.norm(queries, axis=1), 1.0, atol=1e-12)
-  ok, margin = construct.verify(queries, documents, problems.colex_subsets(n, k))
+  ok, margin = certify.verify(queries, documents, problems.colex_subsets(n, k))
   assert ok and margin > 1e-3
   assert geometry.lp_margins(documents, k).min() > geometry.LP_TOLERANCE
 
@@ -79,7 +79,7 @@ def test_no_limit_from_2k_on():
   assert all(geometry.critical_n(d, k) is None for k in (1, 2, 3) for d in range(2 * k, 2 * k + 3))
   assert geometry.critical_n_cell(4, 2) == geometry.UNBOUNDED and geometry.critical_n_cell(3, 2) == 4
   queries, documents = geometry.witness(5, 2, n=12)
-  assert construct.verify(queries, documents, problems.colex_subsets(12, 2))[0]
+  assert certify.verify(queries, documents, problems.colex_subsets(12, 2))[0]
   assert geometry.lp_margins(documents, 2).min() > geometry.LP_TOLERANCE
 
 
@@ -133,7 +133,7 @@ def test_a_non_planar_pair_graph_needs_d_4(pairs, n, reason):
   bounds = geometry.dimension_bounds(pair_relevance(pairs, n))
   assert bounds.lower == bounds.upper == 4 and reason in bounds.lower_reason
   relevance = pair_relevance(pairs, n)
-  assert construct.verify(bounds.queries, bounds.documents, relevance.table) == (True, bounds.margin64)
+  assert certify.verify(bounds.queries, bounds.documents, relevance.table) == (True, bounds.margin64)
 
 
 def test_limit_small_needs_exactly_four_dimensions():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sweep import config as config_lib
-from sweep import construct, objective, targets
+from sweep import certify, objective, targets
 from sweep import trainer
 from sweep.ledger import Ledger
 from sweep.problems import LOSS_FORMS, Probe
@@ -114,8 +114,8 @@ def test_each_criterion_agrees_with_a_float64_count(case, criterion):
       queries.astype(np.float32), DOCUMENTS.astype(np.float32), RELEVANCE, 3, 3)
   passed, value = objective.judge(criterion, epsilon, accuracy, margin, gap)
   assert bool(passed) == expected[criterion]
-  margin64 = construct.margin64(queries, DOCUMENTS, RELEVANCE, criterion)
-  assert construct.passes(criterion, epsilon, margin64) == expected[criterion]
+  margin64 = certify.margin64(queries, DOCUMENTS, RELEVANCE, criterion)
+  assert certify.passes(criterion, epsilon, margin64) == expected[criterion]
   np.testing.assert_allclose(float(value), margin64, atol=1e-6)
 
 

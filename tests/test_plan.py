@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from sweep import batching, memory, plan, search, targets
+from sweep import memory, plan, search, sizing, targets
 from sweep import trainer
 from sweep.store import Store
 from helpers import tiny_config
@@ -31,7 +31,7 @@ def test_plan_reports_compiled_memory_and_cost_per_dimension():
   assert [r["d"] for r in report["dims"]] == [4, 6]
   settings = trainer.TrainSettings()
   for row in report["dims"]:
-    shape = batching.shape_class(trainer.Configuration(d=row["d"], n=row["start_n"]))
+    shape = sizing.shape_class(trainer.Configuration(d=row["d"], n=row["start_n"]))
     assert row["slot_mib"] * 2**20 == memory.measured_slot_bytes(settings, shape)
     assert row["step_gflop"] > 0 and row["step_gb"] > 0 and row["probes"] == 2 * 2
     assert row["slots_fit"] == config.max_slots  # tiny slots: the bucket limit binds
@@ -81,14 +81,14 @@ def test_unknown_devices_are_refused_by_name(name):
 def test_slots_within_measures_only_where_the_estimate_does_not_fit():
   settings = trainer.TrainSettings()
   shape = trainer.BucketShape(slots=1, queries=2016, documents=64, dims=12, width=2)
-  measured, estimate = memory.measured_slot_bytes(settings, shape), batching.slot_bytes(shape)
+  measured, estimate = memory.measured_slot_bytes(settings, shape), sizing.slot_bytes(shape)
   assert measured < estimate
   between = (measured + estimate) / 2 / 2**20
-  assert batching.slots_within(shape, between) == 0
-  assert batching.slots_within(shape, between, settings) == 1
+  assert sizing.slots_within(shape, between) == 0
+  assert sizing.slots_within(shape, between, settings) == 1
   misses = memory.compiled_chunk.cache_info().misses
   small = trainer.BucketShape(slots=1, queries=28, documents=8, dims=4, width=2)
-  assert batching.slots_within(small, 1.0, settings) >= 1  # fits by the estimate: no compile
+  assert sizing.slots_within(small, 1.0, settings) >= 1  # fits by the estimate: no compile
   assert memory.compiled_chunk.cache_info().misses == misses
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sweep import batching, scheduler
+from sweep import scheduler, sizing
 from sweep import config as config_lib
 from sweep import driver as driver_lib
 from sweep import trainer
@@ -79,8 +79,8 @@ def test_slots_per_bucket_is_a_multiple_of_the_devices(wanted, devices, slots):
 
 def test_queries_are_padded_from_their_own_count():
   config = trainer.Configuration(d=5, n=257)
-  own = batching.shape_class(config)
-  assert own.queries == batching.padded(math.comb(257, 2)) < math.comb(own.documents, 2)
+  own = sizing.shape_class(config)
+  assert own.queries == sizing.padded(math.comb(257, 2)) < math.comb(own.documents, 2)
   assert own.dims == 6 and own.documents == 320
 
 

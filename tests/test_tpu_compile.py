@@ -11,7 +11,7 @@ import sys
 import jax
 import pytest
 
-from sweep import batching, hardware, memory, paper, plan, problems, scheduler, targets
+from sweep import hardware, memory, paper, plan, problems, scheduler, sizing, targets
 from sweep import trainer
 from sweep.config import settings_of
 from helpers import tiny_config
@@ -55,7 +55,7 @@ def test_a_program_too_large_for_a_chip_is_measured_not_raised():
   devices = chips("tpu-v5e")
   needed = memory.measured_slot_bytes(settings, huge, devices)
   assert needed > hardware.chip_memory_bytes(devices[0])
-  assert batching.slots_within(huge, 1e9, settings, devices) == 0
+  assert sizing.slots_within(huge, 1e9, settings, devices) == 0
 
 
 def test_a_multi_host_chunk_splits_its_slots_over_every_chip_of_every_host():
@@ -84,12 +84,12 @@ def test_the_plan_and_the_vm_choose_the_same_slots():
   # The VM: the driver's scheduler with the slice's chips as its devices.
   sweep, settings, devices = targets.CriticalN(config), settings_of(config), chips("tpu-v5e-4")
   probes = [problems.Probe(12, 40, seed) for seed in range(64)]
-  shapes = [batching.shape_class(sweep.configuration(probe)) for probe in probes]
+  shapes = [sizing.shape_class(sweep.configuration(probe)) for probe in probes]
   per_bucket = scheduler.slots_per_bucket(config.bucket_slots, config.restarts,
                                           devices[0].platform, len(devices))
   placements, waiting = scheduler.arrange(
       [], probes, shapes, per_bucket, config.max_slots,
-      lambda shapes: batching.buckets_fit(shapes, config.memory_budget_mb, settings, devices))
+      lambda shapes: sizing.buckets_fit(shapes, config.memory_budget_mb, settings, devices))
   assert sum(len(p.bucket.probes) for p in placements) == planned
   assert len(waiting) == len(probes) - planned
 
