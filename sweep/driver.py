@@ -187,4 +187,4 @@ class Driver:
     pool = self.pool
     return (f"chunk {self.chunk}: {len(self.ledger.results)} done, {len(pool.training)} running "
             f"in {len(pool.buckets)} bucket(s), {len(self.ledger.queue)} queued, "
-            f"{steps_per_second:,.0f} steps/s | {self.target.progress(self.ledger.searches)}")
+            f"{steps_per_second:,.0f} steps/s | {self.target.progress(self.ledger)}")

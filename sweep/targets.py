@@ -16,7 +16,6 @@ import math
 from ml_collections import ConfigDict
 
 from sweep import geometry, qrels, search
-from sweep.ledger import Ledger
 from sweep.problems import Configuration, Probe
 
 # The paper's fit of its Table 6 (k = 2), used to start each search near its boundary.
@@ -124,8 +123,8 @@ class CriticalN:
   def report(self, ledger) -> list[dict]:
     return self.rows(ledger.searches, ledger.certified, ledger.nonfinite(), ledger.seed_outcomes)
 
-  def progress(self, searches) -> str:
-    return " ".join(f"d={r['d']}: {critical_n_text(r)}" for r in self.rows(searches, {}))
+  def progress(self, ledger) -> str:
+    return " ".join(f"d={r['d']}: {critical_n_text(r)}" for r in self.report(ledger))
 
   def fixed_witnesses(self) -> dict[str, dict]:
     return {}
@@ -204,8 +203,8 @@ class CriticalD:
       report.update(critical_d=None, certificate=None, status="nonfinite")
     return report
 
-  def progress(self, searches) -> str:
-    r = self.report(Ledger(searches))
+  def progress(self, ledger) -> str:
+    r = self.report(ledger)
     return (f"critical d = {r['critical_d']}" if r["done"] else
             f"d in [{r['bracket'][0] or '?'}, {r['bracket'][1]}]")
 
