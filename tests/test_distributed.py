@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from sweep.lock import read_lock
+from sweep.store import Store
 from helpers import uninterrupted, wait_for, write_config_file
 
 DIMS = (2, 3, 4)
@@ -86,6 +87,6 @@ def test_a_checkpoint_of_four_devices_resumes_on_one(tmp_path):
   assert before and lines[:len(before)] == before  # what four devices found is kept as it was
   keys = [tuple(json.loads(line)[f] for f in ("d", "n", "k", "seed")) for line in lines]
   assert len(set(keys)) == len(keys) > len(before)
-  rows = (workdir / "critical_n.csv").read_text().splitlines()[1:]
-  assert [int(row.split(",")[0]) for row in rows] == list(DIMS)
-  assert all(row.endswith((",measured", ",ceiling")) for row in rows)
+  rows = Store(str(workdir), writer=False).read_critical_n()
+  assert [row["d"] for row in rows] == list(DIMS)
+  assert all(row["status"] in ("measured", "ceiling") for row in rows)
