@@ -186,8 +186,6 @@ def test_query_tile_prefers_a_divisor_and_bounds_the_block():
 
 @pytest.mark.parametrize("field, value", [("query_tile", -1), ("matmul_precision", "bf16")])
 def test_bad_settings_name_the_field(field, value):
-  with pytest.raises(ValueError, match=field):
-    trainer.TrainSettings(**{field: value})
   config = config_lib.default_config()
   config[field] = value
   with pytest.raises(ValueError, match=f"config.{field}=.*out of range"):

@@ -142,7 +142,7 @@ def test_write_fit_json(tmp_path):
 def test_fit_json_has_the_file_mode_of_the_other_outputs(tmp_path):
   write_workdir(tmp_path, paper_like_rows())
   cn.write_fit_json(tmp_path / "figure", {"w": cn.fit_workdir(tmp_path)})
-  Store(str(tmp_path)).write_critical_n([])
+  Store(str(tmp_path)).write_report("critical_n.csv", [])
   mode = lambda name: stat.S_IMODE(os.stat(tmp_path / name).st_mode)
   assert mode("figure.fit.json") == mode("critical_n.csv") == 0o666 & ~current_umask()
 
@@ -498,8 +498,8 @@ def test_a_search_whose_loss_went_non_finite_is_marked_and_never_fitted(tmp_path
   rows = cn.read_critical_n(write_workdir(tmp_path, paper_like_rows()))
   rows.append(dict(d=13, k=2, critical_n=None, max_success_n=None, lo=2, hi=3, done=True,
                    probes=2, critical_n_certified=None, geometric_critical_n="unbounded",
-                   status="nonfinite"))
-  Store(str(tmp_path)).write_critical_n(rows)
+                   status="nonfinite", critical_n_median=None, seed_successes="2:1/1 3:0/1"))
+  Store(str(tmp_path)).write_report("critical_n.csv", rows)
   assert 13 not in [d for d, _ in cn.fit_workdir(tmp_path).points]
   fig, ax = plt.subplots()
   handles = cn._draw_workdir(ax, Store(str(tmp_path)), cn.read_critical_n(tmp_path), "C0", 3, 4,
