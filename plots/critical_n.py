@@ -303,8 +303,9 @@ def _draw_workdir(ax, store: Store, rows: list[dict], color, degree: int, d_min:
     fit = fit_polynomial(d, n, degree=degree, d_min=d_min)
   except ValueError:
     return handles  # too few finished dimensions yet: the points speak for themselves
-  return handles + _draw_fit(ax, fit, max(r["d"] for r in rows), log, label, color=color,
-                             linewidth=1.5)
+  # Over the dimensions it was fitted on only: a cubic through a few points says nothing
+  # beyond them (a ceiling or an open search is no point of the fit).
+  return handles + _draw_fit(ax, fit, int(d.max()), log, label, color=color, linewidth=1.5)
 
 
 def _draw_geometric_limit(ax, k: int, d_lo: int, d_hi: int) -> list:

@@ -245,8 +245,8 @@ def parse_fit_label(label, name):
 
 
 def assert_fit_line(line, name, points, d_to, log=False):
-  """`line` is the least-squares cubic of `points` from d = 4 to d_to, hidden where it is not
-  positive on a log axis, and its label prints that cubic and its r²."""
+  """`line` is the least-squares cubic of `points` from d = 4 to d_to (a sweep's last fitted d),
+  hidden where it is not positive on a log axis, and its label prints that cubic and its r²."""
   coefficients, r2 = expected_fit(points)
   x, y = np.asarray(line.get_xdata()), np.asarray(line.get_ydata(), dtype=float)
   np.testing.assert_allclose(x, np.linspace(4, d_to, 200))
@@ -313,7 +313,7 @@ def test_plot_draws_a_sweep_over_the_paper_table_and_cubic(tmp_path, drawn):
   assert list(bracket.lines[0].get_xdata()) == [open_d]
   assert list(bracket.lines[0].get_ydata()) == [(low + high) / 2]
   [run_line] = fit_lines(by_label, "run")
-  assert_fit_line(run_line, "run", [(d, table[d]) for d in finished], open_d)
+  assert_fit_line(run_line, "run", [(d, table[d]) for d in finished], max(finished))
 
   # Geometry, k = 2: no finite limit at d >= 4, so only the band from d = 2k = 4 on.
   band = by_label["geometry (k = 2): no limit from d = 2k = 4"]
@@ -359,7 +359,7 @@ def test_plot_overlay_on_a_log_axis(tmp_path, drawn):
   assert bars(by_label["quick: open search (lo..hi)"]) == [
       (pytest.approx(13 + offset["quick"]), table[13] - 4, table[13] + 6)]
   [quick_line] = fit_lines(by_label, "quick")
-  assert_fit_line(quick_line, "quick", [(d, table[d]) for d in range(4, 13)], 13, log=True)
+  assert_fit_line(quick_line, "quick", [(d, table[d]) for d in range(4, 13)], 12, log=True)
 
   b = by_label["b: measured"]
   np.testing.assert_allclose(b.get_xdata(), [4 + offset["b"], 5 + offset["b"]])
@@ -396,7 +396,7 @@ def test_main_writes_fits_and_figures_where_out_points_never_in_the_workdir(
   _, by_label = artists(fig)
   [line] = fit_lines(by_label, "run")
   table = paper_table()
-  assert_fit_line(line, "run", [(d, table[d]) for d in range(4, 13)], 13)
+  assert_fit_line(line, "run", [(d, table[d]) for d in range(4, 13)], 12)
   # fit.json holds the fit the figure draws.
   np.testing.assert_allclose(fits[str(workdir)]["coefficients"],
                              expected_fit([(d, table[d]) for d in range(4, 13)])[0], rtol=1e-7)
@@ -485,7 +485,7 @@ def test_an_overlay_draws_lower_bounds_without_a_fit(tmp_path, capsys, drawn):
   np.testing.assert_allclose(measured.get_xdata(), np.arange(4, 13) - 0.06)
   assert list(measured.get_ydata()) == [table[d] for d in range(4, 13)]
   [line] = fit_lines(by_label, "free")
-  assert_fit_line(line, "free", [(d, table[d]) for d in range(4, 13)], 13)
+  assert_fit_line(line, "free", [(d, table[d]) for d in range(4, 13)], 12)
   assert set(legend_texts(ax)) == set(by_label)
   assert "drawn without a fit" in capsys.readouterr().out
   assert set(json.loads((tmp_path / "overlay.fit.json").read_text())) == {str(fitted)}
