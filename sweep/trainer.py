@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import types
 
 import jax
 import jax.numpy as jnp
@@ -139,13 +140,11 @@ def initial_embeddings(config: Configuration, centroid_queries: bool = False):
   return queries.astype(np.float32), documents.astype(np.float32)
 
 
-def _params(settings: TrainSettings, queries, documents, log_scale, bias) -> tuple:
-  """What the optimizer trains: the embeddings, and the sigmoid loss's t' and b."""
-  return (queries, documents) + ((log_scale, bias) if settings.loss == "sigmoid" else ())
-
-
-def _state_params(settings: TrainSettings, state: TrainState) -> tuple:
-  return _params(settings, state.queries, state.documents, state.log_scale, state.bias)
+def trained_params(settings: TrainSettings, state) -> dict:
+  """What the optimizer trains, by train-state field: the embeddings, and the sigmoid loss's
+  t' and b."""
+  trained = ("queries", "documents") + (("log_scale", "bias") if settings.loss == "sigmoid" else ())
+  return {name: getattr(state, name) for name in trained}
 
 
 @functools.cache
@@ -153,9 +152,10 @@ def _opt_state_structure(settings: TrainSettings, shape: BucketShape):
   """The optimizer state's shapes and dtypes for a bucket, traced once per bucket shape."""
   rows = lambda r: jax.ShapeDtypeStruct((shape.slots, r, shape.dims), jnp.float32)
   per_slot = jax.ShapeDtypeStruct((shape.slots,), jnp.float32)
-  params = _params(settings, rows(shape.queries), rows(shape.documents), per_slot, per_slot)
+  fields = types.SimpleNamespace(queries=rows(shape.queries), documents=rows(shape.documents),
+                                 log_scale=per_slot, bias=per_slot)
   return jax.eval_shape(jax.vmap(lambda p, lr: slot_optimizer(settings, lr).init(p)),
-                        params, per_slot)
+                        trained_params(settings, fields), per_slot)
 
 
 def _opt_state_zeros(settings: TrainSettings, shape: BucketShape):
@@ -209,15 +209,15 @@ def init_state(settings: TrainSettings, shape: BucketShape, configs, previous: T
 # One step of one slot: loss and gradient, update, re-normalise, stopping bookkeeping.
 # ---------------------------------------------------------------------------------------
 
-def slot_loss(settings: TrainSettings, slot: Slots, params):
-  """The configured loss of one slot's parameters (_params)."""
-  queries, documents = params[:2]
+def slot_loss(settings: TrainSettings, slot: Slots, trained: dict):
+  """The configured loss of one slot's trained parameters (`trained_params`)."""
+  queries, documents = trained["queries"], trained["documents"]
   if settings.centroid_queries:
     queries = _centroids(slot.relevance, documents)[0]
   problem = (queries, documents, slot.relevance, slot.num_queries, slot.num_documents)
   blocks = dict(tile=settings.query_tile, precision=settings.matmul_precision)
   if settings.loss == "sigmoid":
-    return objective.sigmoid_loss(*problem, *params[2:], **blocks)
+    return objective.sigmoid_loss(*problem, trained["log_scale"], trained["bias"], **blocks)
   if settings.loss == "hinge":
     return objective.hinge_loss(*problem, settings.hinge_margin, **blocks)
   return objective.infonce_loss(*problem, slot.temperature, settings.loss, **blocks)
@@ -229,17 +229,17 @@ def _real_rows(flags, count):
 
 
 def _slot_step(settings: TrainSettings, slot: Slots, state: TrainState) -> TrainState:
-  params = _state_params(settings, state)
-  loss, grads = jax.value_and_grad(lambda p: slot_loss(settings, slot, p))(params)
-  if settings.loss == "sigmoid" and not settings.train_bias:
-    grads = grads[:3] + (jnp.zeros_like(grads[3]),)  # Adam moves nothing without a gradient
+  trained = trained_params(settings, state)
+  loss, grads = jax.value_and_grad(lambda p: slot_loss(settings, slot, p))(trained)
+  if "bias" in grads and not settings.train_bias:
+    grads["bias"] = jnp.zeros_like(grads["bias"])  # Adam moves nothing without a gradient
   optimizer = slot_optimizer(settings, slot.learning_rate)
-  updates, opt_state = optimizer.update(grads, state.opt_state, params)
-  updated = optax.apply_updates(params, updates)
+  updates, opt_state = optimizer.update(grads, state.opt_state, trained)
+  updated = optax.apply_updates(trained, updates)
   dim_mask = jnp.arange(state.queries.shape[-1]) < slot.dims
   # The mask keeps padded dimensions exactly zero whatever the optimizer does.
-  queries, queries_ok = _unit_rows(jnp.where(dim_mask, updated[0], 0.0))
-  documents, documents_ok = _unit_rows(jnp.where(dim_mask, updated[1], 0.0))
+  queries, queries_ok = _unit_rows(jnp.where(dim_mask, updated["queries"], 0.0))
+  documents, documents_ok = _unit_rows(jnp.where(dim_mask, updated["documents"], 0.0))
   if settings.centroid_queries:
     queries, queries_ok = _centroids(slot.relevance, documents)
 
@@ -258,11 +258,9 @@ def _slot_step(settings: TrainSettings, slot: Slots, state: TrainState) -> Train
   reason = jnp.where(running & ~finite, StopReason.NONFINITE, reason)
   reason = jnp.where(take & (step - best_step >= settings.patience), StopReason.PLATEAU, reason)
   reason = jnp.where(take & (step >= settings.max_steps), StopReason.MAX_STEPS, reason)
-  trained = dict(queries=queries, documents=documents)
-  if settings.loss == "sigmoid":
-    trained.update(log_scale=updated[2], bias=updated[3])
+  updated.update(queries=queries, documents=documents)  # re-normalised
   return state.replace(
-      **{name: keep(value, getattr(state, name)) for name, value in trained.items()},
+      **{name: keep(value, getattr(state, name)) for name, value in updated.items()},
       opt_state=keep(opt_state, state.opt_state), step=step,
       loss=jnp.where(running, loss, state.loss),
       best_loss=jnp.where(improved, loss, state.best_loss), best_step=best_step,
@@ -383,7 +381,8 @@ def start_optimizer(settings: TrainSettings, slots: Slots, state: TrainState) ->
   """
   def start(slot, slot_state):
     fresh = slot_state.step == 0
-    init = slot_optimizer(settings, slot.learning_rate).init(_state_params(settings, slot_state))
+    init = slot_optimizer(settings, slot.learning_rate).init(
+        trained_params(settings, slot_state))
     return slot_state.replace(opt_state=jax.tree.map(
         lambda a, b: jnp.where(fresh, a, b), init, slot_state.opt_state))
   return _over_slots(start, slots, state)

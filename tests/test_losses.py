@@ -21,7 +21,8 @@ LOSSES = LOSS_FORMS
 def _loss_at(settings, configs, shape, state, slot=0):
   slots = trainer.pack(configs, shape)
   one = lambda tree: jax.tree.map(lambda x: x[slot], tree)
-  return float(trainer.slot_loss(settings, one(slots), trainer._state_params(settings, one(state))))
+  trained = trainer.trained_params(settings, one(state))
+  return float(trainer.slot_loss(settings, one(slots), trained))
 
 
 @pytest.mark.parametrize("loss", LOSSES)

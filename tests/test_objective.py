@@ -38,9 +38,9 @@ def test_blocked_loss_and_gradient_equal_the_plain_formula(form, tile):
   settings, config, slot, state = padded_slot(form, tile)
   # Random padded queries: whatever they hold, they carry no loss and get no gradient.
   queries = state.queries.at[10:].set(jax.random.normal(jax.random.key(0), (11, 6)))
-  params = (queries, state.documents)
-  loss, (grad_q, grad_d) = jax.jit(jax.value_and_grad(
-      lambda p: trainer.slot_loss(settings, slot, p)))(params)
+  params = dict(queries=queries, documents=state.documents)
+  loss, grads = jax.jit(jax.value_and_grad(lambda p: trainer.slot_loss(settings, slot, p)))(params)
+  grad_q, grad_d = grads["queries"], grads["documents"]
   q, d = queries[:10, :3], state.documents[:5, :3]
   expected, (exp_q, exp_d) = jax.jit(jax.value_and_grad(
       lambda p: plain_loss(p[0], p[1], config.relevance(), config.temperature, form)))((q, d))
@@ -152,7 +152,7 @@ def test_training_matmuls_use_the_configured_precision(name):
   _, _, slot, state = padded_slot("code", 0)
   settings = trainer.TrainSettings(matmul_precision=name)
   lowered = jax.jit(jax.value_and_grad(lambda p: trainer.slot_loss(settings, slot, p))).lower(
-      (state.queries, state.documents)).as_text()
+      dict(queries=state.queries, documents=state.documents)).as_text()
   precisions = dot_precisions(lowered)
   assert len(precisions) >= 6 and set(precisions) == {name.upper()}  # forward and backward
 

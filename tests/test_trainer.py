@@ -29,11 +29,11 @@ def test_padded_slot_loss_and_gradient_match_plain_computation(form):
   slots = trainer.pack(configs, shape)
   state = trainer.init_state(settings, shape, configs)
   slot = jax.tree.map(lambda x: x[0], slots)
-  params = (state.queries[0], state.documents[0])
-  loss, (grad_q, grad_d) = jax.value_and_grad(
-      lambda p: trainer.slot_loss(settings, slot, p))(params)
+  params = dict(queries=state.queries[0], documents=state.documents[0])
+  loss, grads = jax.value_and_grad(lambda p: trainer.slot_loss(settings, slot, p))(params)
+  grad_q, grad_d = grads["queries"], grads["documents"]
 
-  q, d = params[0][:10, :3], params[1][:5, :3]
+  q, d = params["queries"][:10, :3], params["documents"][:5, :3]
   expected, (exp_q, exp_d) = jax.value_and_grad(
       lambda p: plain_loss(p[0], p[1], config.relevance(), 0.2, form))((q, d))
   np.testing.assert_allclose(loss, expected, atol=1e-5)
