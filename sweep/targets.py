@@ -15,12 +15,8 @@ import math
 
 from ml_collections import ConfigDict
 
-from sweep import geometry, qrels, search
+from sweep import geometry, paper, qrels, search
 from sweep.problems import Configuration, Probe
-
-# The paper's fit of its Table 6 (k = 2), used to start each search near its boundary.
-PAPER_CUBIC = (-10.5322, 4.0309, 0.0520, 0.0037)
-
 
 def _training(config: ConfigDict) -> dict:
   return dict(learning_rate=config.learning_rate, temperature=config.temperature,
@@ -40,7 +36,7 @@ class CriticalN:
     if self.config.start_n:
       return self.config.start_n
     if self.config.k == 2 and d >= 4:
-      return max(self.config.k + 1, round(sum(c * d**i for i, c in enumerate(PAPER_CUBIC))))
+      return max(self.config.k + 1, round(sum(c * d**i for i, c in enumerate(paper.cubic()))))
     return self.config.k + 1
 
   def max_n(self, d: int) -> int:
