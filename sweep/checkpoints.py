@@ -78,14 +78,31 @@ def _drop_closed_loop_callbacks(default_hook):
   return hook
 
 
+class _DropUnretrievedStoreFailures(logging.Filter):
+  """Drops asyncio's report of a write task that failed with a store error after the call
+  awaiting it had already raised the first one (a full disk fails every write in flight).
+  The run reports that first error in one line; the others come whenever their tasks are
+  collected, which can be at exit."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not ("exception was never retrieved" in str(record.msg)
+                and isinstance(error, Exception) and _is_transient(error))
+
+
+_UNRETRIEVED_STORE_FAILURES = _DropUnretrievedStoreFailures()
+
+
 @contextlib.contextmanager
 def _quiet_libraries():
   """Only CRITICAL from the checkpoint libraries' loggers while a checkpoint call runs; the
   tasks and coroutines a failed call left are collected (their noise dropped) before the
   levels return (only then: a collection costs about half a second in a JAX process).
-  Closed-loop callbacks come later, so their filter stays once installed."""
+  Closed-loop callbacks and failed tasks still in flight come later, so their filters stay
+  once installed."""
   if not getattr(sys.unraisablehook, "drops_closed_loop_callbacks", False):
     sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
+  logging.getLogger("asyncio").addFilter(_UNRETRIEVED_STORE_FAILURES)  # once: a set
   loggers = [logging.getLogger(name) for name in _CHECKPOINT_LOGGERS]
   levels = [logger.level for logger in loggers]
   for logger in loggers:
