@@ -18,8 +18,11 @@ def default_config() -> ConfigDict:
   return ConfigDict(dict(
       dims=(4, 5, 6), k=2, restarts=1, seed=42, learning_rate=0.01, temperature=0.1,
       loss="code", optimizer="adam", max_steps=100_000, patience=1000, min_delta=1e-5,
-      eval_every=50, num_queries=0, start_n=0, max_n=0, local_sweep=4, probes_per_search=2,
-      start_window=0,
+      eval_every=50, num_queries=0, start_n=0, max_n=0, local_sweep=4,
+      # One point in flight per search: a speculative probe is wasted whenever the pending
+      # one decides the search, and on a CPU it takes cores from that one (the d = 20 search
+      # took 57 s with 2, 32 s with 1). Width is asked for explicitly (experiments/wide.py).
+      probes_per_search=1, start_window=0,
       max_slots=64, bucket_slots=0, chunk_evals=20, memory_budget_mb=2048.0, checkpoint_every_s=60.0,
       store_deadline_s=300.0,  # seconds one checkpoint call may wait on an unanswering store
       protocol="free", warm_noise=0.0, qrels="", qrels_sha256="", start_d=0, label="",

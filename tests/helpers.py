@@ -16,7 +16,8 @@ from sweep import trainer
 from sweep.store import Store
 
 TINY = dict(dims=(2, 3), restarts=2, max_steps=3000, patience=300, eval_every=25,
-            chunk_evals=2, local_sweep=1, checkpoint_every_s=0.001)
+            chunk_evals=2, local_sweep=1, checkpoint_every_s=0.001,
+            probes_per_search=2)  # several probes in flight: more buckets live at a kill
 
 
 def tiny_config(**overrides):

@@ -39,7 +39,8 @@ RUNS = {
     "construction": lambda tmp: ["run", f"--config={CONFIG}", "--config.dims=(4,)",
                                  "--config.protocol=construction", "--config.max_n=30"],
     "qrels": lambda tmp: ["fit-qrels", f"--qrels={_all_pairs(tmp / 'pairs.npz')}",
-                          "--config.restarts=2", "--config.local_sweep=1"],
+                          "--config.restarts=2", "--config.local_sweep=1",
+                          "--config.probes_per_search=2"],
 }
 
 

@@ -9,4 +9,5 @@ def get_config():
   c.eval_every = 25
   c.chunk_evals = 2
   c.local_sweep = 1
+  c.probes_per_search = 2  # the default when these files were written
   return c
