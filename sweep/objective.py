@@ -9,9 +9,8 @@ slots.
 Memory: the q x n score matrix dominates at paper scale (204,480 x 640 at d = 45), so
 nothing here holds more than one block of it at a time, and every pass over a block reads
 it or overwrites it in place (see _block_logits). Queries are cut into blocks of
-`query_tile` rows (0 = automatic, see `query_tile`); the loss keeps only each query's
-log-sum-exp from its forward pass, and its gradient recomputes the scores block by block
-(`jax.custom_vjp`).
+`query_tile` rows (0 = automatic, see `query_tile`), and each block's gradient is computed
+with its loss, in the same pass (`_loss_of_blocks`).
 """
 
 from __future__ import annotations
@@ -80,9 +79,37 @@ def _over_blocks(body, carry, blocks, rows: int):
 
 
 # ---------------------------------------------------------------------------------------
-# InfoNCE: forward keeps the log-sum-exp per query; backward recomputes scores per block.
-# Both forms have the gradient  d loss / d logit_ij = a_i softmax_ij - t_ij  row by row:
-# a dense part weighted by a_i, and a sparse target part on the relevant entries only.
+# A loss and its gradient in one pass over the blocks.
+# ---------------------------------------------------------------------------------------
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _loss_of_blocks(blocks, *args):
+  """blocks(False, *args)'s loss; its gradient comes from blocks(True, *args).
+
+  Training always asks for both, and the loss is a scalar, so its backward pass is the
+  gradient times the cotangent: the forward computes the gradient block by block as it
+  computes the loss, and the backward only scales it. No block's scores are computed twice
+  (a backward pass that recomputed them cost a fifth of the step at d = 20 on a CPU) and
+  none are kept (the gradient accumulates per block), on every backend and shape.
+  `blocks(gradient, *args)` returns (loss, gradients by argument, None where none).
+  """
+  return blocks(False, *args)[0]
+
+
+def _loss_and_gradient(blocks, *args):
+  return blocks(True, *args)
+
+
+def _scaled_gradient(blocks, gradients, cotangent):
+  return tuple(None if g is None else g * cotangent for g in gradients)
+
+
+_loss_of_blocks.defvjp(_loss_and_gradient, _scaled_gradient)
+
+
+# ---------------------------------------------------------------------------------------
+# InfoNCE. Both forms have the gradient  d loss / d logit_ij = a_i softmax_ij - t_ij  row by
+# row: a dense part weighted by a_i, and a sparse target part on the relevant entries only.
 # ---------------------------------------------------------------------------------------
 
 # Padded documents score this much lower than any real one (scores are at most 1/tau):
@@ -141,63 +168,61 @@ def _pair_weights(form, relevant, valid, pairs, real, counted):
   return weight, weight[:, None] * share, weight * relevant_lse
 
 
+def _lifted_logits(precision, queries, lifted_documents):
+  """[tile, n] logits with padded documents at _PADDED_SCORE, from one matmul: each query
+  gets a last entry 1 against the documents' last column, their penalty. A penalty added
+  to the logits would be a [tile, n] broadcast of its own, a second score buffer, where the
+  reductions read it."""
+  lifted = jnp.concatenate([queries, jnp.ones_like(queries[:, :1])], axis=1)
+  return jnp.matmul(lifted, lifted_documents.T, precision=precision)
+
+
 def _infonce_parts(tile, queries, documents, relevance, num_queries, num_documents,
                    temperature):
-  """Blocks, score operands and counts shared by the forward and the backward pass."""
+  """Blocks, score operands and counts of the loss.
+
+  The padded documents' penalty is a last column of the scaled documents (_lifted_logits).
+  """
   rows = queries.shape[0]
   real = jnp.arange(rows) < num_queries
   valid = (relevance >= 0) & real[:, None]
   blocks = (_blocks(queries, tile, 0.0), _blocks(relevance, tile, -1), _blocks(real, tile, False))
-  return (blocks, documents / temperature, _document_penalty(documents, num_documents),
-          valid.sum(), real.sum())
+  scaled = jnp.concatenate([documents / temperature,
+                            _document_penalty(documents, num_documents)[:, None]], axis=1)
+  return blocks, scaled, valid.sum(), real.sum()
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _infonce(form, tile, precision, queries, documents, relevance, num_queries,
-             num_documents, temperature):
-  return _infonce_forward(form, tile, precision, queries, documents, relevance, num_queries,
-                          num_documents, temperature)[0]
+def _infonce_blocks(form, tile, precision, gradient, queries, documents, relevance,
+                    num_queries, num_documents, temperature):
+  """(loss, gradients): with `gradient`, by queries and by documents (None for the rest).
 
-
-def _infonce_forward(form, tile, precision, queries, documents, relevance, num_queries,
-                     num_documents, temperature):
-  blocks, scaled, penalty, pairs, counted = _infonce_parts(
+  Each block's scores are one [tile, n] buffer: written by the matmul, read by the
+  log-sum-exp, overwritten in place by a_i softmax_ij - t_ij, read by the two gradient
+  matmuls.
+  """
+  blocks, scaled, pairs, counted = _infonce_parts(
       tile, queries, documents, relevance, num_queries, num_documents, temperature)
+  columns = jnp.arange(documents.shape[0])
 
-  def body(loss, block):
-    logits, relevant, penalty_after = _block_logits(precision, scaled, penalty, block)
-    _, relevance_block, real = block
-    lse = _logsumexp(logits + penalty_after)
-    a, _, relevant_term = _pair_weights(form, relevant, (relevance_block >= 0) & real[:, None],
-                                        pairs, real, counted)
-    # Padded queries weigh 0; their log-sum-exp is saved as -_PADDED_SCORE, so that the
-    # backward pass's exp(logit - lse) is 0 for them without a mask.
-    loss = loss + (a * jnp.where(real, lse, 0.0) - relevant_term).sum()
-    return loss, jnp.where(real, lse, -_PADDED_SCORE)
-
-  # Initial carries are made from inputs, so under shard_map they vary over slots as theirs.
-  loss, lse = _over_blocks(body, jnp.zeros_like(temperature), blocks, queries.shape[0])
-  return loss, (queries, documents, relevance, num_queries, num_documents, temperature, lse)
-
-
-def _infonce_backward(form, tile, precision, residuals, cotangent):
-  queries, documents, relevance, num_queries, num_documents, temperature, lse = residuals
-  blocks, scaled, penalty, pairs, counted = _infonce_parts(
-      tile, queries, documents, relevance, num_queries, num_documents, temperature)
-  blocks = blocks + (_blocks(lse, tile, -_PADDED_SCORE),)
-  scale = cotangent / temperature
-
-  def body(grad_documents, block):
-    block_queries, relevance_block, real, block_lse = block
-    logits, relevant, penalty_after = _block_logits(precision, scaled, penalty, block)
+  def body(carry, block):
+    loss, grad_documents = carry
+    block_queries, relevance_block, real = block
+    logits = _lifted_logits(precision, block_queries, scaled)
+    relevant = jnp.take_along_axis(logits, jnp.maximum(relevance_block, 0), axis=-1)
     valid = (relevance_block >= 0) & real[:, None]
-    a, t, _ = _pair_weights(form, relevant, valid, pairs, real, counted)
-    # a_i softmax_ij - t_ij in one elementwise pass, written in place of the logits: exp()
-    # is 0 on padded documents and padded queries; each target is placed by comparing column
-    # indices inside the select that uses it, since a float target matrix would be constant
-    # in code form, and XLA would hoist it out of the training loop and keep it alive.
-    columns = jnp.arange(documents.shape[0])
-    dense = a[:, None] * jnp.exp((logits - block_lse[:, None]) + penalty_after)
+    lse = _logsumexp(logits)
+    a, t, relevant_term = _pair_weights(form, relevant, valid, pairs, real, counted)
+    loss = loss + (a * jnp.where(real, lse, 0.0) - relevant_term).sum()
+    if not gradient:
+      return (loss, grad_documents), None
+    # exp() is 0 on padded documents, and a is 0 on padded queries. Each target is placed
+    # by comparing column indices inside the select that uses it, since a float target
+    # matrix would be constant in code form, and XLA would hoist it out of the training
+    # loop and keep it alive.
+    # The zero-weighted term of the relevant logits makes reading them before this pass
+    # overwrites the logits in place a data dependency XLA keeps (it drops optimization
+    # barriers on the CPU).
+    dense = a[:, None] * jnp.exp(logits - (lse + 0.0 * relevant.sum())[:, None])
     for r in range(relevance_block.shape[1]):
       dense = jnp.where(relevance_block[:, r, None] == columns, dense - t[:, r, None], dense)
     grad_queries = jnp.matmul(dense, documents, precision=precision)
@@ -205,14 +230,16 @@ def _infonce_backward(form, tile, precision, residuals, cotangent):
     # (padded queries are 0 in dense anyway): the CPU multiplies that form fastest.
     grad_documents += jnp.matmul(jnp.where(real, block_queries.T, 0.0), dense,
                                  precision=precision)
-    return grad_documents, grad_queries * scale
+    return (loss, grad_documents), grad_queries
 
-  grad_documents, grad_queries = _over_blocks(body, jnp.zeros_like(documents.T), blocks,
-                                              queries.shape[0])
-  return grad_queries, grad_documents.T * scale, None, None, None, None
-
-
-_infonce.defvjp(_infonce_forward, _infonce_backward)
+  # Initial carries are made from inputs, so under shard_map they vary over slots as theirs.
+  (loss, grad_documents), grad_queries = _over_blocks(
+      body, (jnp.zeros_like(temperature), jnp.zeros_like(documents.T) if gradient else None),
+      blocks, queries.shape[0])
+  if not gradient:
+    return loss, None
+  return loss, (grad_queries / temperature, grad_documents.T / temperature, None, None, None,
+                None)
 
 
 def infonce_loss(queries, documents, relevance, num_queries, num_documents, temperature,
@@ -225,13 +252,14 @@ def infonce_loss(queries, documents, relevance, num_queries, num_documents, temp
   (0 = automatic) and `precision` the matmul precision by name (PRECISIONS).
   """
   rows = query_tile(queries.shape[0], documents.shape[0], tile)
-  return _infonce(form, rows, PRECISIONS[precision], queries, documents, relevance,
-                  num_queries, num_documents, jnp.asarray(temperature, queries.dtype))
+  return _loss_of_blocks(
+      functools.partial(_infonce_blocks, form, rows, PRECISIONS[precision]), queries,
+      documents, relevance, num_queries, num_documents, jnp.asarray(temperature, queries.dtype))
 
 
 # ---------------------------------------------------------------------------------------
-# Pairwise losses (sigmoid, hinge): each query block's loss is checkpointed, so the backward
-# pass recomputes one block's scores at a time and keeps none of them.
+# Pairwise losses (sigmoid, hinge): each query block's gradient by autodiff, in the forward
+# pass (_loss_of_blocks), so no block's scores outlive it.
 # ---------------------------------------------------------------------------------------
 
 def _relevant_mask(relevance_block, num_documents):
@@ -243,27 +271,45 @@ def _relevant_mask(relevance_block, num_documents):
   return mask
 
 
-def _pairwise(block_loss, tile, precision, queries, documents, relevance, num_queries,
-              num_documents, *scalars):
-  """The mean over real queries of block_loss(scores, relevant, real documents, relevance
-  block, *scalars) summed per block; padded queries and documents never count."""
+def _pairwise_blocks(block_loss, tile, precision, gradient, queries, documents, relevance,
+                     num_queries, num_documents, *scalars):
+  """(the sum over real queries of block_loss(scores, relevant, real documents, relevance
+  block, *scalars), gradients): with `gradient`, by queries, documents and the scalars,
+  from autodiff within each block. Padded queries and documents never count."""
   rows = queries.shape[0]
   real = jnp.arange(rows) < num_queries
   real_documents = jnp.arange(documents.shape[0]) < num_documents
   blocks = (_blocks(queries, tile, 0.0), _blocks(relevance, tile, -1), _blocks(real, tile, False))
 
-  @jax.checkpoint
-  def block_total(block, documents, scalars):
-    block_queries, relevance_block, real_block = block
+  def block_total(block_queries, documents, scalars, relevance_block, real_block):
     scores = jnp.matmul(block_queries, documents.T, precision=precision)
     relevant = _relevant_mask(relevance_block, documents.shape[0])
     per_query = block_loss(scores, relevant, real_documents, relevance_block, *scalars)
     return jnp.where(real_block, per_query, 0.0).sum()
 
-  def body(total, block):
-    return total + block_total(block, documents, scalars), None
+  def body(carry, block):
+    if not gradient:
+      return carry + block_total(block[0], documents, scalars, *block[1:]), None
+    total, grad_documents, grad_scalars = carry
+    value, (grad_queries, grad_block_documents, grad_block_scalars) = jax.value_and_grad(
+        block_total, argnums=(0, 1, 2))(block[0], documents, scalars, *block[1:])
+    return (total + value, grad_documents + grad_block_documents,
+            jax.tree.map(jnp.add, grad_scalars, grad_block_scalars)), grad_queries
 
-  total, _ = _over_blocks(body, jnp.zeros((), queries.dtype), blocks, rows)
+  zero = jnp.zeros((), queries.dtype)
+  if not gradient:
+    return _over_blocks(body, zero, blocks, rows)[0], None
+  (total, grad_documents, grad_scalars), grad_queries = _over_blocks(
+      body, (zero, jnp.zeros_like(documents), jax.tree.map(jnp.zeros_like, scalars)), blocks,
+      rows)
+  return total, (grad_queries, grad_documents, None, None, None, *grad_scalars)
+
+
+def _pairwise(block_loss, tile, precision, queries, documents, relevance, num_queries,
+              num_documents, *scalars):
+  """The mean over real queries of block_loss (_pairwise_blocks)."""
+  total = _loss_of_blocks(functools.partial(_pairwise_blocks, block_loss, tile, precision),
+                          queries, documents, relevance, num_queries, num_documents, *scalars)
   return total / jnp.maximum(num_queries, 1)
 
 
@@ -306,8 +352,9 @@ def hinge_loss(queries, documents, relevance, num_queries, num_documents, margin
   a query's pairs, then over queries."""
   width = max(relevance.shape[1], 1)
   rows = query_tile(queries.shape[0], documents.shape[0] * width, tile)
-  return _pairwise(_hinge_per_query, rows, PRECISIONS[precision], queries, documents,
-                   relevance, num_queries, num_documents, jnp.asarray(margin, queries.dtype))
+  return _pairwise(functools.partial(_hinge_per_query, margin=margin), rows,
+                   PRECISIONS[precision], queries, documents, relevance, num_queries,
+                   num_documents)
 
 
 # ---------------------------------------------------------------------------------------

@@ -168,9 +168,12 @@ def step_temporaries(shape: trainer.BucketShape, **settings) -> float:
 @pytest.mark.parametrize("form", INFONCE_FORMS)
 def test_step_holds_one_score_matrix_or_one_block_of_it(form):
   # d = 45 at the paper's n, compiled only: the step's temporaries are one q x n matrix
-  # untiled (XLA writes every pass over it in place), and a fraction of it in blocks.
+  # untiled (XLA writes every pass over it in place) and one q x (d + 1) array (the queries
+  # with the column that masks padded documents, or their gradient), and a fraction of that
+  # in blocks.
   shape = trainer.BucketShape(slots=1, queries=204_480, documents=640, dims=48, width=2)
-  assert step_temporaries(shape, loss=form, query_tile=shape.queries) <= 1.01
+  query_sized = (shape.dims + 1) / shape.documents  # in q x n matrices
+  assert step_temporaries(shape, loss=form, query_tile=shape.queries) <= 1.01 + query_sized
   assert step_temporaries(shape, loss=form) <= 0.25
 
 
