@@ -1,20 +1,23 @@
 """One slot at paper scale: the loss as one block against automatic blocks, and the plan.
 
     python benchmarks/scale.py [--dims=8,16,24,32] [--steps=50] [--repeats=5] [--device=cpu]
+                               [--loss=code|paper|sigmoid|hinge]
 
 For each d at the paper's critical n (Table 6), one slot of its padded shape trains a fixed
 number of steps with the trainer's own step, once with the loss over the whole q x n score
 matrix in one block (TrainSettings.query_tile = the shape's queries) and once with the
 automatic blocks a sweep uses (query_tile = 0); the two are timed interleaved in one
 process. Where the automatic tile (its rows are printed) already holds every query, the two
-are the same program. It prints steps/s of each, the automatic blocks' achieved GFLOP/s
-(XLA's FLOPs of a step), the memory one slot of the real training chunk took (peak device
-memory where JAX reports it, else the peak of the C heap in a fresh process), and the plan's
-prediction for it (sweep/plan.py: memory per slot from XLA, roofline step time on --device).
+are the same program. It prints steps/s of each, the passes over the score matrix of an
+automatic step (score_passes: reads and writes by XLA's kernels, from the compiled
+program), the automatic blocks' achieved GFLOP/s (XLA's FLOPs of a step), the memory one
+slot of the real training chunk took (peak device memory where JAX reports it, else the peak
+of the C heap in a fresh process), and the plan's prediction for it (sweep/plan.py: memory
+per slot from XLA, roofline step time on --device).
 
-The loss this engine used before query blocks (log-softmax over the whole masked matrix,
-autodiff backward) no longer exists in the code; the README's table against it was measured
-by this benchmark at commit 7d87084, which kept a copy of that loss.
+The benchmark measures whatever `sweep` it imports: with PYTHONPATH set to a checkout of an
+earlier commit it measures that commit's step, which is how docs/speed.md compares the step
+before and after a change, in one run on one machine.
 """
 
 import ctypes
@@ -22,6 +25,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -39,12 +43,47 @@ _STEPS = flags.DEFINE_integer("steps", 50, "training steps per timed run")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed runs of each loss (the best counts)")
 _DEVICE = flags.DEFINE_string("device", "cpu", "device of the plan's roofline (plan.DEVICES)")
 _MEASURE = flags.DEFINE_integer("measure_memory_of", 0, "internal: measure one d and exit")
+_LOSS = flags.DEFINE_enum("loss", "code", ["code", "paper", "sigmoid", "hinge"],
+                          "the loss of the timed steps")
 
 
 def slot_of(d: int):
   n = {r["d"]: r["critical_n"] for r in paper.read_table6()}[d]
   config = trainer.Configuration(d=d, n=n)
   return config, sizing.shape_class(config)
+
+
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.-]+) = (\w+\[[\d,]*\])\S* ([\w-]+)\((.*?)\)")
+_FREE = {"bitcast", "get-tuple-element", "tuple", "parameter", "constant"}
+
+
+def score_passes(hlo: str, rows: int, documents: int) -> tuple[int, int]:
+  """(reads, writes) of score-sized arrays in one step of an optimized program: arrays
+  whose shape holds a block's rows and the documents (a [rows, n] block, or the hinge loss's
+  [rows, width, n]), read as operands or written as results by the program's kernels (a
+  fusion counts once, not its fused ops; a block loop's body counts once, as each pass over
+  every block is one pass over the score matrix)."""
+  fused = set(re.findall(r"calls=%([\w.-]+)", hlo))
+  shapes, kernels, computation = {}, [], None
+  for line in hlo.splitlines():
+    header = re.match(r"^(?:ENTRY )?%([\w.-]+) .*\{$", line)
+    if header:
+      computation = header.group(1)
+      continue
+    match = _INSTRUCTION.match(line)
+    if not match:
+      continue
+    name, shape, opcode, operands = match.groups()
+    dims = tuple(int(x) for x in shape[shape.index("[") + 1:-1].split(",") if x)
+    shapes[name] = dims
+    if computation not in fused and opcode not in _FREE:
+      kernels.append((dims, re.findall(r"%([\w.-]+)", operands)))
+
+  def scores(dims):
+    return rows in dims and documents in dims and dims.index(rows) < dims.index(documents)
+  reads = sum(scores(shapes.get(operand, ())) for _, operands in kernels for operand in operands)
+  writes = sum(scores(dims) for dims, _ in kernels)
+  return reads, writes
 
 
 def timed_steps(settings, config, shape):
@@ -56,7 +95,10 @@ def timed_steps(settings, config, shape):
       0, _STEPS.value, lambda _, s: trainer.train_step(settings, slots, s), state))
   compiled = run.lower(slots, state).compile()
   jax.block_until_ready(compiled(slots, state))
-  return lambda: jax.block_until_ready(compiled(slots, state))
+  rows = objective.query_tile(shape.queries, shape.documents * (
+      config.k if settings.loss == "hinge" else 1), settings.query_tile)
+  return (lambda: jax.block_until_ready(compiled(slots, state)),
+          score_passes(compiled.as_text(), rows, shape.documents))
 
 
 class _MallInfo2(ctypes.Structure):
@@ -137,18 +179,22 @@ def main(argv):
     print(json.dumps({"bytes": measure_memory(_MEASURE.value)}))
     return
   device = plan.device_named(_DEVICE.value)
-  settings = trainer.TrainSettings(max_steps=_STEPS.value, eval_every=_STEPS.value, chunk_evals=1)
-  print(f"one slot, {_STEPS.value} steps per run, best of {_REPEATS.value}, on "
-        f"{jax.devices()[0].device_kind}; plan roofline on {device.name}")
+  settings = trainer.TrainSettings(max_steps=_STEPS.value, eval_every=_STEPS.value, chunk_evals=1,
+                                   loss=_LOSS.value)
+  print(f"one slot, loss {_LOSS.value}, {_STEPS.value} steps per run, best of {_REPEATS.value}, "
+        f"on {jax.devices()[0].device_kind}; plan roofline on {device.name}; passes: reads + "
+        f"writes of the score matrix per automatic step")
   print(f"{'d':>3} {'n':>4} {'shape q x n x d':>18} {'auto rows':>9} {'1blk st/s':>9} "
-        f"{'auto st/s':>9} "
+        f"{'auto st/s':>9} {'ms/step':>8} {'passes':>7} "
         f"{'speed-up':>8} {'GFLOP/s':>8} {'measured MiB':>12} {'plan MiB':>9} {'plan/meas':>9} "
         f"{'plan ms/step':>12}")
   for d in map(int, _DIMS.value):
     config, shape = slot_of(d)
     one_block = dataclasses.replace(settings, query_tile=shape.queries)
-    runs = {name: timed_steps(tiled, config, shape)
-            for name, tiled in (("one block", one_block), ("automatic", settings))}
+    compiled = {name: timed_steps(tiled, config, shape)
+                for name, tiled in (("one block", one_block), ("automatic", settings))}
+    runs = {name: run for name, (run, _) in compiled.items()}
+    reads, writes = compiled["automatic"][1]
     best = {name: np.inf for name in runs}
     for _ in range(_REPEATS.value):
       for name, run in runs.items():  # interleaved: both see the same machine load
@@ -163,6 +209,7 @@ def main(argv):
     print(f"{d:>3} {config.n:>4} {f'{shape.queries}x{shape.documents}x{shape.dims}':>18} "
           f"{objective.query_tile(shape.queries, shape.documents):>9} "
           f"{rate['one block']:>9.1f} {rate['automatic']:>9.1f} "
+          f"{1e3 / rate['automatic']:>8.3f} {f'{reads}r+{writes}w':>7} "
           f"{rate['automatic'] / rate['one block']:>7.2f}x "
           f"{cost.step_flops * rate['automatic'] / 1e9:>8.1f} {measured / 2**20:>12.1f} "
           f"{cost.slot_bytes / 2**20:>9.1f} {cost.slot_bytes / measured:>9.2f} "
