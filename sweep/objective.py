@@ -296,7 +296,7 @@ def _pairwise_blocks(block_loss, tile, precision, gradient, queries, documents, 
     return (total + value, grad_documents + grad_block_documents,
             jax.tree.map(jnp.add, grad_scalars, grad_block_scalars)), grad_queries
 
-  zero = jnp.zeros((), queries.dtype)
+  zero = jnp.zeros_like(queries[0, 0])  # from an input: under shard_map it varies over slots
   if not gradient:
     return _over_blocks(body, zero, blocks, rows)[0], None
   (total, grad_documents, grad_scalars), grad_queries = _over_blocks(

@@ -80,11 +80,12 @@ def test_200_step_trajectory_matches_the_plain_formula(form):
   assert plain[-1] < plain[0] - 0.1  # it trained: the comparison is not of two constants
 
 
-def test_blocked_chunks_train_as_one_block():
+@pytest.mark.parametrize("loss", ["code", "sigmoid", "hinge"])
+def test_blocked_chunks_train_as_one_block(loss):
   configs = [trainer.Configuration(d=2, n=3), trainer.Configuration(d=4, n=7),
              trainer.Configuration(d=3, n=6)]
-  blocked = trainer.train(configs, trainer.TrainSettings(query_tile=4, max_steps=400))
-  whole = trainer.train(configs, trainer.TrainSettings(max_steps=400))
+  blocked = trainer.train(configs, trainer.TrainSettings(loss=loss, query_tile=4, max_steps=400))
+  whole = trainer.train(configs, trainer.TrainSettings(loss=loss, max_steps=400))
   assert [r["success"] for r in blocked] == [r["success"] for r in whole]
   np.testing.assert_allclose([r["final_loss"] for r in blocked],
                              [r["final_loss"] for r in whole], atol=1e-4)
