@@ -4,7 +4,7 @@ r"""Does `sweep plan --measure` predict a sweep's wall? The sweep, then the plan
 
 Runs `sweep run --config=experiments/paper.py --config.dims='(DIMS)'` in a fresh process and
 a fresh workdir and times its whole wall, as a user starts it: with the user's compilation
-cache, or with --cold an empty one. Then `sweep plan --measure --calibrate=THAT_WORKDIR` for
+cache, or with --cold none. Then `sweep plan --measure --calibrate=THAT_WORKDIR` for
 the same config, in a fresh process with the same cache, which times each start shape here
 and costs each d by the points that sweep probed. Prints the plan and its predicted wall
 against the measured one, and the roofline's beside it (goal: within 30%).
@@ -24,7 +24,7 @@ from sweep import compilation
 from sweep import plan
 
 _DIMS = flags.DEFINE_list("dims", ["12", "16", "20"], "one search per d")
-_COLD = flags.DEFINE_bool("cold", False, "an empty compilation cache for the sweep and the plan")
+_COLD = flags.DEFINE_bool("cold", False, "no compilation cache for the sweep and the plan")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -46,12 +46,13 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
-    cache = tmp / "cache" if _COLD.value else compilation.cache_dir()
+    # Cold: no cache at all, so that the plan compiles what the sweep compiled, not loads it.
+    cache = None if _COLD.value else compilation.cache_dir()
     env = dict(os.environ, SWEEP_COMPILATION_CACHE=str(cache or "off"))
     workdir = tmp / "sweep"
     measured, stdout = sweep("run", f"--workdir={workdir}", env=env)
     compiled = next(line for line in stdout.splitlines() if line.startswith("slot occupancy"))
-    whose = "an empty" if _COLD.value else "the user's"
+    whose = "no" if _COLD.value else "the user's"
     print(f"sweep d={','.join(_DIMS.value)} ({whose} compilation cache): {measured:.1f} s "
           f"wall; {compiled.split('; ')[-1]}", flush=True)
     plan_seconds, stdout = sweep("plan", "--measure", f"--calibrate={workdir}", "--json", env=env)

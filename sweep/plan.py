@@ -29,6 +29,8 @@ import dataclasses
 import functools
 import math
 import os
+import subprocess
+import sys
 import time
 
 import jax
@@ -320,6 +322,16 @@ def time_chunk(settings: trainer.TrainSettings, shape: trainer.BucketShape,
   return ChunkTiming(best / (shape.slots // jax.device_count()), compile_seconds)
 
 
+def startup_seconds() -> float:
+  """Wall of a fresh process that imports what `sweep run` imports and starts the devices:
+  what every sweep pays before its first probe (this process has them loaded already)."""
+  run = ("from sweep import hardware; hardware.quiet_tpu_runtime(); import jax; "
+         "from sweep import cli, driver; jax.devices()")
+  began = time.perf_counter()
+  subprocess.run([sys.executable, "-c", run], check=True, capture_output=True)
+  return time.perf_counter() - began
+
+
 # ---------------------------------------------------------------------------------------
 # The plan.
 # ---------------------------------------------------------------------------------------
@@ -360,20 +372,22 @@ def programs(s: Search, shape_of) -> int:
   return len(scheduler.target_shapes(own, [])[1])
 
 
-def sweep_wall(seconds: list[tuple[float, float]], chips: int, compile_seconds: float = 0.0) -> dict:
+def sweep_wall(seconds: list[tuple[float, float]], chips: int, compile_seconds: float = 0.0,
+               startup_seconds: float = 0.0) -> dict:
   """The wall of searches with these (chain, work) seconds: the larger of all slot-steps
   spread over every chip and the longest chain of rounds, then the compiles, which hold up
-  the loop that dispatches the training.
+  the loop that dispatches the training, and the process's start.
 
   A CPU counts as one chip: its buckets run side by side on the same cores, about as fast
-  together as one after another. The process's start (imports, about 2 s) and the loop's
-  own host work are left out: seconds against sweeps worth planning, and a measured chunk
-  already holds its evaluations.
+  together as one after another. The start (about 2 s on a 2-core CPU) is most of a small
+  sweep's wall and nothing of a large one's; the loop's own host work between chunks is left
+  out (a measured chunk already holds its evaluations).
   """
   chains, works = zip(*seconds)
-  wall = max(sum(works) / chips, max(chains)) + compile_seconds
+  wall = max(sum(works) / chips, max(chains)) + compile_seconds + startup_seconds
   return dict(work_hours=sum(works) / 3600, longest_chain_hours=max(chains) / 3600,
-              compile_hours=compile_seconds / 3600, wall_hours=wall / 3600)
+              compile_hours=compile_seconds / 3600, startup_hours=startup_seconds / 3600,
+              wall_hours=wall / 3600)
 
 
 def plan_sweep(config, device: Device, steps: StepModel = StepModel(), workers: int = 2,
@@ -445,7 +459,8 @@ def plan_sweep(config, device: Device, steps: StepModel = StepModel(), workers: 
         chain_minutes=chain / 60, work_minutes=work / 60,
         lower_bound_only=boundary is not None))
   roofline = sweep_wall(at_roofline, device.chips)
-  measured = sweep_wall(at_measured, device.chips, compiling) if measure else None
+  measured = (sweep_wall(at_measured, device.chips, compiling, startup_seconds()) if measure
+              else None)
   return dict(
       device=device.name, chips=device.chips, compiler=compiler, precision=precision,
       peak_tflops=device.flops[precision] / _TERA, bandwidth_tb_s=device.bandwidth / _TERA,
@@ -518,7 +533,8 @@ def format_plan(plan: dict) -> str:
     lines.append(
         f"predicted wall time {_wall_line(measured, chips)} + compiling "
         f"{sum(r['programs'] for r in plan['dims'])} program(s): "
-        f"{_duration(measured['compile_hours'])}; steps measured on {plan['measured_on']}")
+        f"{_duration(measured['compile_hours'])} + starting the process: "
+        f"{_duration(measured['startup_hours'])}; steps measured on {plan['measured_on']}")
     lines.append(f"at the roofline's steps: {_wall_line(roofline, chips)}")
   else:
     lines.append(f"predicted wall time {_wall_line(roofline, chips)} (roofline steps, "
