@@ -289,6 +289,7 @@ def compile_target(device: Device) -> tuple[str, tuple | None]:
 
 @dataclasses.dataclass(frozen=True)
 class ChunkTiming:
+  """A shape's training chunk, timed on the devices at hand."""
   step_seconds: float     # one slot-step: the bucket's step over the slots each device holds
   compile_seconds: float  # lowering and compiling its program, or loading it from the cache
 
