@@ -34,7 +34,7 @@ USAGE = """usage: sweep COMMAND [flags]
   sweep verify WITNESS.npz
   sweep geometry --k=K --dims=D1,D2,... [--n_unbounded=32] [--lp_max_subsets=2000]
   sweep plot --workdir=DIR [--workdir=DIR2 ...] [--degree=3] [--d_min=4] [--out=critical_n] [--log]
-  sweep plan --config=FILE [--device=NAME] [--calibrate=WORKDIR] [--json]"""
+  sweep plan --config=FILE [--device=NAME] [--measure] [--calibrate=WORKDIR] [--json]"""
 
 FLAGS = flags.FLAGS
 _command_line: list[str] = []  # the command as typed, subcommand included, for "resume with"
@@ -308,7 +308,8 @@ def geometry_table(argv) -> None:
 
 
 def plan(argv) -> None:
-  """Compile the sweep's programs, never train, and print what the sweep will cost."""
+  """Compile the sweep's programs (and with --measure time them here) and print what the
+  sweep will cost."""
   del argv
   from sweep import plan as plan_lib  # compiles; only this command needs it
   logging.set_verbosity(logging.WARNING)
@@ -318,7 +319,10 @@ def plan(argv) -> None:
     if FLAGS.calibrate:
       results = Store(FLAGS.calibrate).load_results()
       steps = plan_lib.calibrate(list(results.values()), f"{FLAGS.calibrate}/results.jsonl")
-    report = plan_lib.plan_sweep(FLAGS.config, device, steps)
+    if FLAGS.measure:  # compiles cost what they will cost the sweep, which uses the cache
+      from sweep import compilation
+      compilation.enable_cache()
+    report = plan_lib.plan_sweep(FLAGS.config, device, steps, measure=FLAGS.measure)
   except (ValueError, FileNotFoundError) as error:
     _fail(error)
   print(json.dumps(report, indent=2) if FLAGS.json else plan_lib.format_plan(report))
@@ -400,7 +404,9 @@ def run_main() -> None:
                         "tpu-v5e, tpu-v5p, tpu-v6e or cpu (measured here), optionally -CHIPS "
                         "(tpu-v5e-8; a TPU's chips must be one of its slices).")
     flags.DEFINE_string("calibrate", None, "A finished workdir whose results.jsonl sets the "
-                        "steps each probe trains.")
+                        "steps each probe trains, and the points of each d it searched.")
+    flags.DEFINE_bool("measure", False, "Also time each start shape's training chunk on the "
+                      "devices at hand (--device must name them) and predict the wall from it.")
     flags.DEFINE_bool("json", False, "Print the plan as JSON.")
     app.run(plan, flags_parser=_parse_flags)
     return
