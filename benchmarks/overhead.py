@@ -3,9 +3,11 @@ r"""What a slot-step costs inside a search against the same step alone.
     python benchmarks/overhead.py [--dims=12,20] [--repeats=3]
 
 For each d, the search `sweep run --config=experiments/paper.py --config.dims='(d,)'
---config.restarts=1 --config.local_sweep=0` runs in this process (a fresh workdir, the
-compilation cache on), and each part of its loop is timed: admitting probes, training rounds
-(programs compiled in them subtracted), recording results and checkpoints. Then the step of
+--config.restarts=1 --config.local_sweep=0` runs in this process twice, each in a fresh
+workdir: the first traces and compiles its programs, and the second is timed, each part of
+its loop apart: admitting probes, training rounds, recording results and checkpoints. (A
+program's first call also traces and lowers it, about a quarter of a second, which at d = 4
+is as long as its training.) Then the step of
 every padded shape the search trained is timed alone, in the same process: one slot, a jitted
 loop of the trainer's own step, the best of --repeats runs. The search's slot-steps at each
 shape times that shape's step time is what the search would cost at the speed of the step;
@@ -71,7 +73,7 @@ def run_search(d: int, workdir: pathlib.Path):
   driver.run(progress=lambda _: None)
   seconds = dict(timed.seconds, total=time.perf_counter() - start,
                  compiling=compilation.count().seconds - compiled_before)
-  seconds["training"] = seconds["train rounds"] - seconds["compiling"]
+  seconds["training"] = seconds["train rounds"] - seconds["compiling"]  # 0 compiled, warm
   steps, probes = collections.Counter(), {}
   for record in driver.ledger.records:
     padded = tuple(record["padded_shape"])
@@ -111,7 +113,8 @@ def main(argv):
   print(f"{jax.devices()[0].device_kind}, {jax.device_count()} device(s)")
   for d in map(int, _DIMS.value):
     with tempfile.TemporaryDirectory() as tmp:
-      seconds, steps, probes, row = run_search(d, pathlib.Path(tmp) / "w")
+      run_search(d, pathlib.Path(tmp) / "first")
+      seconds, steps, probes, row = run_search(d, pathlib.Path(tmp) / "timed")
     settings = settings_of(search_config(d))
     at_step_speed = 0.0
     for padded, count in sorted(steps.items()):
