@@ -16,7 +16,7 @@ from sweep.problems import CRITERIA, LOSS_FORMS, MATMUL_PRECISIONS, TrainSetting
 def default_config() -> ConfigDict:
   """Every config field with the reference protocol's values (docs/PROTOCOL.md)."""
   return ConfigDict(dict(
-      dims=(4, 5, 6), k=2, restarts=1, seed=42, learning_rate=0.01, temperature=0.1,
+      dims=(4, 5, 6), k=2, restarts=1, restarts_until_success=False, seed=42, learning_rate=0.01, temperature=0.1,
       loss="code", optimizer="adam", max_steps=100_000, patience=1000, min_delta=1e-5,
       eval_every=50, num_queries=0, start_n=0, max_n=0, local_sweep=4,
       # One point in flight per search: a speculative probe is wasted whenever the pending
@@ -88,8 +88,8 @@ def validate_config(config: ConfigDict) -> None:
   _check(config.criterion in CRITERIA, "criterion", config.criterion, f"one of {CRITERIA}")
   _check(config.criterion_epsilon > 0, "criterion_epsilon", config.criterion_epsilon, "> 0")
   _check(config.hinge_margin > 0, "hinge_margin", config.hinge_margin, "> 0")
-  _check(isinstance(config.sigmoid_train_bias, bool), "sigmoid_train_bias",
-         config.sigmoid_train_bias, "True or False")
+  for field in ("sigmoid_train_bias", "restarts_until_success"):
+    _check(isinstance(config[field], bool), field, config[field], "True or False")
   _check(config.matmul_precision in MATMUL_PRECISIONS, "matmul_precision",
          config.matmul_precision, f"one of {MATMUL_PRECISIONS}")
   _check(_is_optax_optimizer(config.optimizer), "optimizer", config.optimizer,

@@ -83,7 +83,8 @@ class Driver:
                                               self.config.criterion, self.config.criterion_epsilon)
       record = dict(self._made_by(done.probe), **done.outcome, certified=certified,
                     margin64=margin64, wall_seconds=round(done.seconds, 3))
-      observed = self.ledger.observe(self.target, done.probe, record, self.config.restarts)
+      observed = self.ledger.observe(self.target, done.probe, record, self.config.restarts,
+                                     self.config.restarts_until_success)
       if observed.new_record is not None:
         lines.append(observed.new_record)
       if observed.witness is not None:
@@ -158,7 +159,8 @@ class Driver:
       progress(f"resumed {self.store.workdir} at chunk {self.chunk}")
     c, ledger, pool = self.config, self.ledger, self.pool
     while True:
-      ledger.propose(self.target, pool.training, c.probes_per_search, c.restarts, c.seed)
+      ledger.propose(self.target, pool.training, c.probes_per_search, c.restarts, c.seed,
+                     c.restarts_until_success)
       if ledger.done(pool.training):
         break
       ledger.queue = pool.admit(ledger.queue)

@@ -52,9 +52,10 @@ class Ledger:
     return cls(searches={key: search.new_search(spec) for key, spec in specs.items()})
 
   def propose(self, target, training: list[Probe], probes_per_search: int, restarts: int,
-              seed: int) -> None:
+              seed: int, until_success: bool = False) -> None:
     """Each search proposes up to probes_per_search points in flight (queued or among
-    `training`); the restarts of a point (seeds seed, seed + 1, ...) queue together."""
+    `training`); the restarts of a point (seeds seed, seed + 1, ...) queue together, or with
+    `until_success` its first seed alone (observe queues the others if it fails)."""
     pending: dict[str, set[int]] = {}
     for key, coordinate in map(target.locate, self.queue + training):
       pending.setdefault(key, set()).add(coordinate)
@@ -62,12 +63,20 @@ class Ledger:
       room = probes_per_search - len(pending.get(key, ()))
       if room > 0:
         for coordinate in search.propose(state, pending.get(key, set()), room):
-          self.queue += [target.probe(key, coordinate, seed + r) for r in range(restarts)]
+          first = 1 if until_success else restarts
+          self.queue += [target.probe(key, coordinate, seed + r) for r in range(first)]
 
-  def observe(self, target, probe: Probe, record: dict, restarts: int) -> Observed:
+  def observe(self, target, probe: Probe, record: dict, restarts: int,
+              until_success: bool = False) -> Observed:
     """Count a finished configuration: its results line, its certificate (record["certified"],
     record["margin64"]) and, once all `restarts` of its point are in, the search's outcome
-    (a point succeeds if any restart does)."""
+    (a point succeeds if any restart does).
+
+    With `until_success` a success decides its point at once, and the point's seeds still
+    queued are dropped; the point's first seed failing queues the others. A point's outcome
+    is the same as with every seed run: any seed succeeding, which the later seeds cannot
+    change.
+    """
     known = result_key(record)
     new = known not in self.results
     if new:
@@ -84,8 +93,11 @@ class Ledger:
         witness = key
     successes = self.seed_outcomes.setdefault((probe.d, probe.n), [])
     successes.append(record["success"])
-    if len(successes) == restarts:
+    if len(successes) == restarts or (until_success and record["success"]):
       self.searches[key] = search.record(self.searches[key], coordinate, any(successes))
+      self.queue = [p for p in self.queue if target.locate(p) != (key, coordinate)]
+    elif until_success and len(successes) == 1:
+      self.queue += [target.probe(key, coordinate, probe.seed + r) for r in range(1, restarts)]
     return Observed(record if new else None, witness)
 
   def nonfinite(self) -> frozenset[tuple[int, int]]:

@@ -203,8 +203,10 @@ def planned_search(config, d: int, spec: search.SearchSpec, steps: StepModel) ->
     width = config.probes_per_search
     return Search(d, spec.start_n, tuple(tuple(points[i:i + width])
                                          for i in range(0, len(points), width)), steps.source)
+  def seeds(ok: bool) -> int:  # a success is one seed when restarts stop at the first
+    return 1 if ok and config.restarts_until_success else config.restarts
   return Search(d, spec.start_n, tuple(
-      tuple((n, (steps.steps(d, ok, config.eval_every),) * config.restarts) for n, ok in round_)
+      tuple((n, (steps.steps(d, ok, config.eval_every),) * seeds(ok)) for n, ok in round_)
       for round_ in replay(config, d, spec).rounds), "replay")
 
 

@@ -30,18 +30,21 @@ def _boundary(probe: Probe) -> int:
   return probe.n < 9 + probe.d or (probe.n == 9 + probe.d and probe.seed == 42)
 
 
-def _drive(ledger: Ledger, target, config, rounds: int | None = None) -> list[Probe]:
-  """Proposes, then observes every queued probe by `_boundary`, round after round; returns
+def _drive(ledger: Ledger, target, config, rounds: int | None = None,
+           outcome=_boundary) -> list[Probe]:
+  """Proposes, then observes every queued probe by `outcome`, round after round; returns
   the probes in the order observed."""
   observed = []
   while rounds is None or rounds > 0:
-    ledger.propose(target, [], config.probes_per_search, config.restarts, config.seed)
+    ledger.propose(target, [], config.probes_per_search, config.restarts, config.seed,
+                   config.restarts_until_success)
     if ledger.done([]):
       break
     queue, ledger.queue = ledger.queue, []
     for probe in queue:
-      success = _boundary(probe)
-      ledger.observe(target, probe, _record(probe, success, success), config.restarts)
+      success = outcome(probe)
+      ledger.observe(target, probe, _record(probe, success, success), config.restarts,
+                     config.restarts_until_success)
       observed.append(probe)
     rounds = None if rounds is None else rounds - 1
   return observed
@@ -64,6 +67,46 @@ def test_the_ledger_finds_the_boundary_its_outcomes_define():
   assert ledger.witnesses == {f"d={d}": max(n for e, n in points if e == d and n <= 9 + d)
                               for d in (4, 5)}
   assert len(ledger.records) == len(observed) == len(ledger.results)
+
+
+def _late_seeds(probe: Probe) -> bool:
+  """Outcomes where a point's first seed is not always the one that succeeds: n <= 8 + d
+  trains with every seed, n = 9 + d only with the third, n = 10 + d only with the second."""
+  return (probe.n <= 8 + probe.d or (probe.n == 9 + probe.d and probe.seed == 44)
+          or (probe.n == 10 + probe.d and probe.seed == 43))
+
+
+def test_restarts_until_success_decide_every_point_as_all_restarts_do():
+  every = dict(restarts=3, probes_per_search=1)
+  runs = {}
+  for until_success in (False, True):
+    target, config = _target(**every, restarts_until_success=until_success)
+    ledger = Ledger.start(target.specs())
+    observed = _drive(ledger, target, config, outcome=_late_seeds)
+    runs[until_success] = (target.report(ledger), ledger, observed)
+  (all_rows, all_ledger, all_seeds), (rows, ledger, observed) = runs[False], runs[True]
+  assert [r["critical_n"] for r in rows] == [r["critical_n"] for r in all_rows] == [14, 15]
+  assert ledger.searches == all_ledger.searches  # every point, the same outcome
+  assert len(observed) < len(all_seeds)
+  # Each point ran its first seed, then its other two only if that failed.
+  for point, successes in ledger.seed_outcomes.items():
+    expected = all_ledger.seed_outcomes[point]
+    assert successes[0] == expected[0]
+    assert successes == (expected[:1] if expected[0] else expected)
+
+
+def test_a_success_drops_its_points_queued_seeds():
+  target, config = _target(dims=(4,), restarts=3, probes_per_search=1,
+                           restarts_until_success=True)
+  ledger = Ledger.start(target.specs())
+  ledger.propose(target, [], 1, 3, config.seed, True)
+  [first] = ledger.queue
+  ledger.queue = []
+  ledger.observe(target, first, _record(first, False, False), 3, True)
+  assert [p.seed for p in ledger.queue] == [43, 44] and {p.n for p in ledger.queue} == {first.n}
+  second = ledger.queue.pop(0)
+  ledger.observe(target, second, _record(second, True, True), 3, True)
+  assert ledger.queue == [] and dict(ledger.searches["d=4"].outcomes) == {first.n: True}
 
 
 def test_a_ledger_restored_from_json_proposes_what_the_original_does():
