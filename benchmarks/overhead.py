@@ -23,7 +23,8 @@ import time
 import jax
 from absl import app, flags, logging
 
-from sweep import compilation, driver as driver_lib, trainer
+import step_loop
+from sweep import compilation, driver as driver_lib
 from sweep.config import settings_of
 from sweep.problems import BucketShape, Probe
 from sweep.store import Store
@@ -90,17 +91,11 @@ def step_alone_ms(settings, padded: tuple[int, int, int], config) -> float:
   queries, documents, dims = padded
   shape = BucketShape(slots=1, queries=queries, documents=documents, dims=dims,
                       width=config.k)
-  slots = trainer.place(trainer.pack([config], shape))
-  state = jax.jit(trainer.start_optimizer, static_argnums=0)(
-      settings, slots, trainer.place(trainer.init_state(settings, shape, [config])))
-  run = jax.jit(lambda slots, state: jax.lax.fori_loop(
-      0, _STEPS.value, lambda _, s: trainer.train_step(settings, slots, s), state)
-  ).lower(slots, state).compile()
-  jax.block_until_ready(run(slots, state))
+  run, _ = step_loop.compiled_steps(settings, config, shape, _STEPS.value)
   best = float("inf")
   for _ in range(_REPEATS.value):
     start = time.perf_counter()
-    jax.block_until_ready(run(slots, state))
+    run()
     best = min(best, time.perf_counter() - start)
   return 1e3 * best / _STEPS.value
 

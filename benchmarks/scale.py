@@ -35,6 +35,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+import step_loop
 from sweep import objective, paper, plan, sizing
 from sweep import trainer
 
@@ -87,18 +88,11 @@ def score_passes(hlo: str, rows: int, documents: int) -> tuple[int, int]:
 
 
 def timed_steps(settings, config, shape):
-  """A jitted run of --steps trainer steps of one slot, ready to time."""
-  slots = trainer.place(trainer.pack([config], shape))
-  state = jax.jit(trainer.start_optimizer, static_argnums=0)(
-      settings, slots, trainer.place(trainer.init_state(settings, shape, [config])))
-  run = jax.jit(lambda slots, state: jax.lax.fori_loop(
-      0, _STEPS.value, lambda _, s: trainer.train_step(settings, slots, s), state))
-  compiled = run.lower(slots, state).compile()
-  jax.block_until_ready(compiled(slots, state))
+  """(a run of --steps trainer steps of one slot, ready to time; its score passes)."""
+  run, compiled = step_loop.compiled_steps(settings, config, shape, _STEPS.value)
   rows = objective.query_tile(shape.queries, shape.documents * (
       config.k if settings.loss == "hinge" else 1), settings.query_tile)
-  return (lambda: jax.block_until_ready(compiled(slots, state)),
-          score_passes(compiled.as_text(), rows, shape.documents))
+  return run, score_passes(compiled.as_text(), rows, shape.documents)
 
 
 class _MallInfo2(ctypes.Structure):
