@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 RESTORE_TRIES = 3
 KEEP_CHECKPOINTS = 2
 STORE_DEADLINE_S = 300.0  # one checkpoint read, write or listing; a store silent longer is gone
+FAILED_CALL_WAIT_S = 5.0  # a failed call's own threads end within this, or are left running
 # Loggers of the libraries behind a checkpoint call: one failing read logs a traceback per
 # array (asyncio's "Task exception was never retrieved", orbax's errors); the store says what
 # happened in one line instead.
@@ -93,13 +94,20 @@ class _DropUnretrievedStoreFailures(logging.Filter):
 _UNRETRIEVED_STORE_FAILURES = _DropUnretrievedStoreFailures()
 
 
+def _wait_for_new_threads(threads_before: set, timeout_s: float) -> None:
+  """Polled, not joined: orbax's threads raise their own error again from join()."""
+  deadline = time.monotonic() + timeout_s
+  while set(threading.enumerate()) - threads_before and time.monotonic() < deadline:
+    time.sleep(0.01)
+
+
 @contextlib.contextmanager
 def _quiet_libraries():
   """Only CRITICAL from the checkpoint libraries' loggers while a checkpoint call runs; the
   tasks and coroutines a failed call left are collected (their noise dropped) before the
   levels return (only then: a collection costs about half a second in a JAX process).
-  Closed-loop callbacks and failed tasks still in flight come later, so their filters stay
-  once installed."""
+  Closed-loop callbacks, failed tasks and coroutines still in flight come later, so their
+  filters stay once installed."""
   if not getattr(sys.unraisablehook, "drops_closed_loop_callbacks", False):
     sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
   logging.getLogger("asyncio").addFilter(_UNRETRIEVED_STORE_FAILURES)  # once: a set
@@ -110,9 +118,11 @@ def _quiet_libraries():
   try:
     yield
   except BaseException:
-    with warnings.catch_warnings():  # the coroutines a failed call left never awaited
-      warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
-      gc.collect()
+    # The write coroutines a failed call left are never awaited: most are collected here, the
+    # rest whenever the error's traceback goes, which can be at exit. The project awaits no
+    # coroutine of its own, so the filter stays.
+    warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
+    gc.collect()
     raise
   finally:
     for logger, level in zip(loggers, levels):
@@ -130,9 +140,14 @@ def bounded(call: Callable[[], object], what: str, deadline_s: float,
   outcome: dict = {}
 
   def work():
+    threads_before = set(threading.enumerate())
     try:
       outcome["value"] = call()
     except BaseException as error:  # handed to the waiting thread, which raises it
+      # The threads the call started end first (orbax writes arrays, shardings and metadata
+      # side by side, and a full disk fails them all), so they log while the caller's
+      # libraries are still quiet.
+      _wait_for_new_threads(threads_before, FAILED_CALL_WAIT_S)
       outcome["error"] = error
 
   worker = threading.Thread(target=work, name=what, daemon=True)
