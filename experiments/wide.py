@@ -2,7 +2,7 @@ r"""The paper's sweep (d = 4 ... 45, k = 2) shaped for a wide accelerator: few s
 
     sweep run --config=experiments/wide.py --workdir=runs/wide
 
-Each search probes the 17 n nearest the paper's cubic at once (start_window = 8), four seeds
+Each search probes the 17 n nearest the paper's critical n at once (start_window = 8), four seeds
 each, so a boundary within 8 of the expected one is bracketed in the first round and the
 local sweep is mostly done with it; a boundary further away is galloped to with 17 points a
 round and then cut into 18 parts a round. A GPU or TPU computes a step of many slots in about

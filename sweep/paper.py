@@ -2,7 +2,8 @@
 
 sweep/data/paper_table6.csv holds critical n for d = 4 … 45. The paper fits a cubic by least
 squares over d >= 4 and prints its coefficients to four decimals; `cubic()` is that printed
-fit, recomputed from the table, and is what searches start from (targets.CriticalN.start_n).
+fit, recomputed from the table. Searches start at the table's critical n where it has one, and
+at the printed cubic beyond it (targets.CriticalN.start_n).
 The figure and the fit table use the unrounded fit (`fit_coefficients()`). No JAX here:
 reading the table must stay cheap for the plotting and benchmark code.
 """
@@ -41,8 +42,14 @@ def fit_coefficients() -> tuple[float, ...]:
 def cubic() -> tuple[float, ...]:
   """The paper's cubic as printed: fit_coefficients() rounded to PRINTED_DECIMALS.
 
-  The rounding matters: searches start at round(cubic at d), which the unrounded fit moves
-  from d = 7 on (613 -> 611 at d = 45, 4,613 -> 4,589 at d = 100).
+  The rounding matters: searches past the table start at round(cubic at d), which the
+  unrounded fit moves from d = 7 on (4,613 -> 4,589 at d = 100).
   """
   return tuple(round(c, PRINTED_DECIMALS) for c in fit_coefficients())
 
+
+
+@functools.cache
+def critical_n(d: int) -> int | None:
+  """The table's critical n at d (k = 2), or None where it has none."""
+  return {row["d"]: row["critical_n"] for row in read_table6()}.get(d)

@@ -1,7 +1,7 @@
 """What a sweep will cost before it runs: compile its programs, and time them if asked.
 
 For each d the search is replayed with the real search module on an assumed boundary (the
-paper's cubic, where each search also starts), which gives its probes, their padded shapes
+paper's critical n, where each search also starts), which gives its probes, their padded shapes
 and its rounds. The programs of each search's start shape (its probes lie around it) are
 compiled on this machine, with the query tile the named device would pick: XLA's memory
 analysis of the training chunk gives the memory per slot, its cost analysis of one untiled
@@ -127,7 +127,7 @@ class Replay:
 
 def replay(config, d: int, spec: search.SearchSpec) -> Replay:
   """Rounds of `probes_per_search` points until the search is done; n succeeds iff it is at
-  most the boundary, assumed to be the start n (the paper's cubic for k = 2)."""
+  most the boundary, assumed to be the start n (the paper's critical n for k = 2)."""
   state, rounds = search.new_search(spec), []
   while points := search.propose(state, set(), config.probes_per_search):
     outcomes = tuple((n, n <= spec.start_n) for n in points)

@@ -4,8 +4,9 @@ each search's bracket and critical n or d, and the certified witnesses.
 The expected files hold results.jsonl without its wall times, critical_n.csv or
 critical_d.json, and per witness the digest of each array that is not a float, the shape of
 each that is, and its float64 margin. They were written by the layout before the driver was
-split into ledger, pool and driver (commit bd499e2), and written again when each loss began
-computing its gradient in its forward pass. Floats are compared to a tolerance, not bit for
+split into ledger, pool and driver (commit bd499e2), written again when each loss began
+computing its gradient in its forward pass, and again when searches began at the paper's
+Table 6 instead of its cubic (d = 4 and 5 took 4 probes instead of 6 or 7). Floats are compared to a tolerance, not bit for
 bit: XLA's CPU code differs between processor generations in the last bits of a float, as
 does a change in how a loss rounds. That moves plateau stops by a few steps, and with them
 when a search with two points in flight proposes its next one, so a speculative probe may be

@@ -33,19 +33,25 @@ def test_cubic_is_the_fit_to_the_printed_precision():
   np.testing.assert_allclose(paper.fit_coefficients(), PRINTED, atol=0.5e-4, rtol=0)
 
 
-def test_searches_start_where_the_printed_cubic_puts_them():
-  """CriticalN.start_n rounds the cubic at d: the same start for every d = 4 … 200 as the
-  printed coefficients give (the unrounded fit would move most of them)."""
+def test_searches_start_at_the_table_then_where_the_printed_cubic_puts_them():
+  """CriticalN.start_n is Table 6's critical n for d = 4 … 45, then the rounded cubic at d:
+  the same start for every d = 46 … 200 as the printed coefficients give (the unrounded fit
+  would move most of them); k = 2 only, and config.start_n before both."""
   from sweep import targets  # imports JAX
   sweep = targets.CriticalN(ConfigDict(dict(k=2, start_n=0)))
+  table = {row["d"]: row["critical_n"] for row in paper.read_table6()}
+  assert [sweep.start_n(d) for d in range(4, 46)] == [table[d] for d in range(4, 46)]
+  assert sweep.start_n(12) == 47 and sweep.start_n(45) == 626
   printed = lambda d: max(3, round(sum(c * d**i for i, c in enumerate(PRINTED))))
-  assert [sweep.start_n(d) for d in range(4, 201)] == [printed(d) for d in range(4, 201)]
-  assert sweep.start_n(45) == 613 and sweep.start_n(100) == 4613
+  assert [sweep.start_n(d) for d in range(46, 201)] == [printed(d) for d in range(46, 201)]
+  assert sweep.start_n(100) == 4613
   unrounded = lambda d: round(sum(c * d**i for i, c in enumerate(paper.fit_coefficients())))
-  assert sum(printed(d) != unrounded(d) for d in range(4, 201)) > 100
+  assert sum(printed(d) != unrounded(d) for d in range(46, 201)) > 100
   # Every d = 1 … 200 rounds the same, so any caller of the cubic sees the old values.
   assert ([round(sum(c * d**i for i, c in enumerate(paper.cubic()))) for d in range(1, 201)]
           == [round(sum(c * d**i for i, c in enumerate(PRINTED))) for d in range(1, 201)])
+  assert [targets.CriticalN(ConfigDict(dict(k=k, start_n=0))).start_n(12) for k in (3, 4)] == [4, 5]
+  assert targets.CriticalN(ConfigDict(dict(k=2, start_n=30))).start_n(12) == 30
 
 
 def test_reading_the_paper_imports_no_jax():
