@@ -18,7 +18,7 @@ from sweep import problems
 from sweep import driver as driver_lib
 from sweep import targets
 from sweep.store import Store
-from helpers import (results_without_timing, strict_records, sweep, tiny_config,
+from helpers import (EVERY_CHUNK, results_without_timing, strict_records, sweep, tiny_config,
                      uninterrupted, wait_for, write_config_file)
 
 
@@ -54,7 +54,7 @@ def interrupt(tmp_path, signum, finished_lines, **overrides):
 def test_sigkill_at_any_moment_then_resume_equals_uninterrupted(tmp_path, loss):
   expected = uninterrupted(tmp_path / "reference", loss=loss)
   workdir, args, returncode, _, unfinished = interrupt(tmp_path, signal.SIGKILL, finished_lines=6,
-                                                       loss=loss)
+                                                       loss=loss, **EVERY_CHUNK)
   assert returncode == -signal.SIGKILL and unfinished  # the kill cut a running sweep short
   checkpointed = driver_lib.Driver(tiny_config(loss=loss), Store(str(workdir)))
   assert checkpointed.restore() and len(checkpointed.pool.buckets) >= 2  # several live buckets
@@ -85,7 +85,7 @@ def test_a_second_run_on_a_busy_workdir_is_refused_naming_the_holder(tmp_path, l
   config_file = write_config_file(tmp_path / "tiny.py")
   workdir = tmp_path / "w"
   first = sweep("run", f"--config={config_file}", f"--workdir={workdir}")
-  wait_for(lambda: (workdir / "results.jsonl").exists(), first)
+  wait_for(lambda: (workdir / "critical_n.csv").exists(), first)  # written after the results
   first.send_signal(signal.SIGSTOP)  # paused mid-run, so it surely holds the lock meanwhile
   if lock_deleted:  # the lock is the workdir's own: lock.json only names its holder
     (workdir / "lock.json").unlink()
@@ -317,7 +317,7 @@ def garble(folder):
 
 def test_every_checkpoint_corrupt_is_one_line_each_and_the_sweep_starts_over(tmp_path):
   workdir = tmp_path / "w"
-  uninterrupted(workdir, dims=(2,), restarts=1)
+  uninterrupted(workdir, dims=(2,), restarts=1, **EVERY_CHUNK)  # the newest two kept
   steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir())
   for step in steps:
     garble(workdir / "checkpoints" / str(step) / "train")
@@ -401,7 +401,7 @@ def test_a_full_disk_is_one_line(tmp_path, size):
                     capture_output=True).returncode != 0:
     pytest.skip("cannot mount a tmpfs here")
   try:
-    config_file = write_config_file(tmp_path / "tiny.py", dims=(2,), restarts=1)
+    config_file = write_config_file(tmp_path / "tiny.py", dims=(2,), restarts=1, **EVERY_CHUNK)
     process = sweep("run", f"--config={config_file}", f"--workdir={disk / 'w'}")
     _, err = process.communicate(timeout=300)
     assert process.returncode != 0

@@ -17,7 +17,7 @@ from etils import epath
 from sweep import driver as driver_lib
 from sweep import lock as lock_lib
 from sweep.store import Store
-from helpers import sweep, tiny_config, uninterrupted, wait_for, write_config_file
+from helpers import EVERY_CHUNK, sweep, tiny_config, uninterrupted, wait_for, write_config_file
 
 
 def without_timing(records):
@@ -30,7 +30,8 @@ def test_a_gs_sweep_killed_and_resumed_equals_a_local_run(tmp_path, gcs_bucket):
   expected_results, expected_table = uninterrupted(tmp_path / "local")
   workdir = f"{gcs_bucket}/run-{uuid.uuid4().hex[:8]}"
   store = Store(workdir, writer=False)
-  args = ["run", f"--config={write_config_file(tmp_path / 'tiny.py')}", f"--workdir={workdir}"]
+  args = ["run", f"--config={write_config_file(tmp_path / 'tiny.py', **EVERY_CHUNK)}",
+          f"--workdir={workdir}"]
   killed = sweep(*args)
   wait_for(lambda: len(store.read_results()) >= 6, killed, timeout=240)
   killed.send_signal(signal.SIGKILL)

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from helpers import sweep, write_config_file
+from helpers import EVERY_CHUNK, sweep, write_config_file
 
 LATE_LINES = slice(2, 4)
 
@@ -16,7 +16,8 @@ LATE_LINES = slice(2, 4)
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
   root = tmp_path_factory.mktemp("finished")
-  config_file = write_config_file(root / "tiny.py", dims=(2, 3), restarts=1)
+  config_file = write_config_file(root / "tiny.py", dims=(2, 3), restarts=1,
+                                  **EVERY_CHUNK)  # its newest two checkpoints kept
   workdir = root / "w"
   run = sweep("run", f"--config={config_file}", f"--workdir={workdir}")
   _, err = run.communicate(timeout=300)
