@@ -258,8 +258,9 @@ def infonce_loss(queries, documents, relevance, num_queries, num_documents, temp
 
 
 # ---------------------------------------------------------------------------------------
-# Pairwise losses (sigmoid, hinge): each query block's gradient by autodiff, in the forward
-# pass (_loss_of_blocks), so no block's scores outlive it.
+# Pairwise losses (sigmoid, hinge): each query block's loss with its gradient by the block's
+# scores and the loss's scalars, in the forward pass (_loss_of_blocks), so no block's scores
+# outlive it. The sigmoid's gradient is written out; the hinge's comes from autodiff.
 # ---------------------------------------------------------------------------------------
 
 def _relevant_mask(relevance_block, num_documents):
@@ -271,58 +272,84 @@ def _relevant_mask(relevance_block, num_documents):
   return mask
 
 
-def _pairwise_blocks(block_loss, tile, precision, gradient, queries, documents, relevance,
+def _pairwise_blocks(block_terms, tile, precision, gradient, queries, documents, relevance,
                      num_queries, num_documents, *scalars):
-  """(the sum over real queries of block_loss(scores, relevant, real documents, relevance
-  block, *scalars), gradients): with `gradient`, by queries, documents and the scalars,
-  from autodiff within each block. Padded queries and documents never count."""
+  """(loss, gradients): the loss summed over real queries from block_terms(scores, relevant,
+  real documents, relevance block, real queries, *scalars) -> (the block's loss, its
+  gradient by the scores, by the scalars); with `gradient`, by queries, documents and the
+  scalars. Padded queries and documents never count."""
   rows = queries.shape[0]
   real = jnp.arange(rows) < num_queries
   real_documents = jnp.arange(documents.shape[0]) < num_documents
   blocks = (_blocks(queries, tile, 0.0), _blocks(relevance, tile, -1), _blocks(real, tile, False))
 
-  def block_total(block_queries, documents, scalars, relevance_block, real_block):
+  def body(carry, block):
+    block_queries, relevance_block, real_block = block
     scores = jnp.matmul(block_queries, documents.T, precision=precision)
     relevant = _relevant_mask(relevance_block, documents.shape[0])
-    per_query = block_loss(scores, relevant, real_documents, relevance_block, *scalars)
-    return jnp.where(real_block, per_query, 0.0).sum()
-
-  def body(carry, block):
+    total, grad_scores, grad_block_scalars = block_terms(
+        scores, relevant, real_documents, relevance_block, real_block, *scalars)
     if not gradient:
-      return carry + block_total(block[0], documents, scalars, *block[1:]), None
-    total, grad_documents, grad_scalars = carry
-    value, (grad_queries, grad_block_documents, grad_block_scalars) = jax.value_and_grad(
-        block_total, argnums=(0, 1, 2))(block[0], documents, scalars, *block[1:])
-    return (total + value, grad_documents + grad_block_documents,
-            jax.tree.map(jnp.add, grad_scalars, grad_block_scalars)), grad_queries
+      return carry + total, None
+    loss, grad_documents, grad_scalars = carry
+    # Q^T G is kept [d, n] until the end, as InfoNCE keeps it: the CPU multiplies that form
+    # fastest. Padded queries' rows of G are 0.
+    grad_documents += jnp.matmul(block_queries.T, grad_scores, precision=precision)
+    return ((loss + total, grad_documents, jax.tree.map(jnp.add, grad_scalars, grad_block_scalars)),
+            jnp.matmul(grad_scores, documents, precision=precision))
 
   zero = jnp.zeros_like(queries[0, 0])  # from an input: under shard_map it varies over slots
   if not gradient:
     return _over_blocks(body, zero, blocks, rows)[0], None
   (total, grad_documents, grad_scalars), grad_queries = _over_blocks(
-      body, (zero, jnp.zeros_like(documents), jax.tree.map(jnp.zeros_like, scalars)), blocks,
+      body, (zero, jnp.zeros_like(documents.T), jax.tree.map(jnp.zeros_like, scalars)), blocks,
       rows)
-  return total, (grad_queries, grad_documents, None, None, None, *grad_scalars)
+  return total, (grad_queries, grad_documents.T, None, None, None, *grad_scalars)
 
 
-def _pairwise(block_loss, tile, precision, queries, documents, relevance, num_queries,
+def _pairwise(block_terms, tile, precision, queries, documents, relevance, num_queries,
               num_documents, *scalars):
-  """The mean over real queries of block_loss (_pairwise_blocks)."""
-  total = _loss_of_blocks(functools.partial(_pairwise_blocks, block_loss, tile, precision),
+  """The mean over real queries of the loss of block_terms (_pairwise_blocks)."""
+  total = _loss_of_blocks(functools.partial(_pairwise_blocks, block_terms, tile, precision),
                           queries, documents, relevance, num_queries, num_documents, *scalars)
   return total / jnp.maximum(num_queries, 1)
 
 
-def _sigmoid_per_query(scores, relevant, real_documents, relevance_block, log_scale, bias):
-  """Each query's mean logistic loss over its relevant documents (label +1) plus its mean over
-  the others (label -1), on logits exp(log_scale) * score + bias: the two groups weigh alike,
-  so the n - k negatives cannot outweigh the k positives by their count."""
-  logits = jnp.exp(log_scale) * scores + bias
-  positive = relevant & real_documents
-  negative = ~relevant & real_documents
-  count = lambda mask: jnp.maximum(mask.sum(axis=-1), 1)
-  return (jnp.where(positive, jax.nn.softplus(-logits), 0.0).sum(axis=-1) / count(positive)
-          + jnp.where(negative, jax.nn.softplus(logits), 0.0).sum(axis=-1) / count(negative))
+def _sigmoid_terms(scores, relevant, real_documents, relevance_block, real, log_scale, bias):
+  """Block terms of the sigmoid loss: each query's mean logistic loss over its relevant
+  documents (label +1) plus its mean over the others (label -1), on logits
+  t * score + bias, t = exp(log_scale). The two groups weigh alike, so the n - k negatives
+  cannot outweigh the k positives by their count.
+
+  With z the label times the logit, an entry's loss is w softplus(-z) and its gradient by the
+  logit -w label sigmoid(-z), w its query's weight (1 / group size, 0 on padding): one pass
+  over the scores gives both. Relevant documents are real, so the group sizes come from the
+  relevance table and the document count, not from a pass over the [tile, n] masks.
+  """
+  scale = jnp.exp(log_scale)
+  logits = scale * scores + bias
+  positives = jnp.maximum((relevance_block >= 0).sum(axis=-1), 1)
+  negatives = jnp.maximum(real_documents.sum() - positives, 1)
+  label = jnp.where(relevant, 1.0, -1.0)
+  weight = jnp.where(real[:, None] & real_documents,
+                     jnp.where(relevant, 1.0 / positives[:, None], 1.0 / negatives[:, None]), 0.0)
+  signed = label * logits
+  total = (weight * jax.nn.softplus(-signed)).sum()
+  grad_logits = -weight * label * jax.nn.sigmoid(-signed)
+  return total, scale * grad_logits, ((grad_logits * scores).sum() * scale, grad_logits.sum())
+
+
+def _autodiff_terms(per_query_loss):
+  """Block terms of a loss given per query, its gradients by the scores and its scalars from
+  autodiff."""
+  def terms(scores, relevant, real_documents, relevance_block, real, *scalars):
+    def total(scores, *scalars):
+      per_query = per_query_loss(scores, relevant, real_documents, relevance_block, *scalars)
+      return jnp.where(real, per_query, 0.0).sum()
+    value, grads = jax.value_and_grad(total, argnums=tuple(range(1 + len(scalars))))(
+        scores, *scalars)
+    return value, grads[0], grads[1:]
+  return terms
 
 
 def _hinge_per_query(scores, relevant, real_documents, relevance_block, margin):
@@ -340,9 +367,9 @@ def sigmoid_loss(queries, documents, relevance, num_queries, num_documents, log_
                  tile: int = 0, precision: str = "highest"):
   """The pairwise logistic loss of SigLIP (arXiv 2303.15343) over every (query, document)
   pair, its scale t = exp(log_scale) and bias trained with the embeddings, each query's
-  positives and negatives averaged apart (_sigmoid_per_query)."""
+  positives and negatives averaged apart (_sigmoid_terms)."""
   rows = query_tile(queries.shape[0], documents.shape[0], tile)
-  return _pairwise(_sigmoid_per_query, rows, PRECISIONS[precision], queries, documents,
+  return _pairwise(_sigmoid_terms, rows, PRECISIONS[precision], queries, documents,
                    relevance, num_queries, num_documents, log_scale, bias)
 
 
@@ -352,7 +379,7 @@ def hinge_loss(queries, documents, relevance, num_queries, num_documents, margin
   a query's pairs, then over queries."""
   width = max(relevance.shape[1], 1)
   rows = query_tile(queries.shape[0], documents.shape[0] * width, tile)
-  return _pairwise(functools.partial(_hinge_per_query, margin=margin), rows,
+  return _pairwise(_autodiff_terms(functools.partial(_hinge_per_query, margin=margin)), rows,
                    PRECISIONS[precision], queries, documents, relevance, num_queries,
                    num_documents)
 

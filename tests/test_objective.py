@@ -50,6 +50,49 @@ def test_blocked_loss_and_gradient_equal_the_plain_formula(form, tile):
   assert not np.asarray(grad_q[10:]).any() and not np.asarray(grad_d[5:]).any()
 
 
+def plain_pairwise(loss, queries, documents, relevance, *scalars):
+  """A pairwise loss on the whole real score matrix, as its docstring defines it."""
+  scores = queries @ documents.T
+  relevant = jnp.zeros(scores.shape, bool).at[jnp.arange(len(relevance))[:, None],
+                                              relevance].set(True)
+  if loss == "sigmoid":
+    logits = jnp.exp(scalars[0]) * scores + scalars[1]
+    per_query = (jnp.where(relevant, jax.nn.softplus(-logits), 0.0).sum(1) / relevant.sum(1)
+                 + jnp.where(relevant, 0.0, jax.nn.softplus(logits)).sum(1) / (~relevant).sum(1))
+  else:
+    relevant_scores = jnp.take_along_axis(scores, relevance, axis=1)  # [q, k]
+    gaps = scalars[0] - relevant_scores[:, :, None] + scores[:, None, :]
+    pairs = ~relevant[:, None, :] & jnp.ones(relevant_scores.shape, bool)[:, :, None]
+    per_query = jnp.where(pairs, jax.nn.relu(gaps), 0.0).sum((1, 2)) / pairs.sum((1, 2))
+  return per_query.mean()
+
+
+@pytest.mark.parametrize("loss", ["sigmoid", "hinge"])
+@pytest.mark.parametrize("tile", TILES)
+def test_pairwise_loss_and_gradient_equal_the_plain_formula(loss, tile):
+  """The sigmoid's written-out gradient (and the hinge's, by autodiff through the scores),
+  by queries, documents and the sigmoid's scale and bias, on a padded slot."""
+  _, config, _, state = padded_slot("code", tile)
+  queries = state.queries.at[10:].set(jax.random.normal(jax.random.key(0), (11, 6)))
+  documents = state.documents.at[5:].set(jax.random.normal(jax.random.key(1), (2, 6)))
+  relevance = jnp.full((21, 2), -1, jnp.int32).at[:10].set(config.relevance())
+  scalars = (jnp.float32(0.7), jnp.float32(-1.5)) if loss == "sigmoid" else ()
+  blocked = (lambda q, d, *c: objective.sigmoid_loss(q, d, relevance, 10, 5, *c, tile=tile)
+             ) if loss == "sigmoid" else (
+             lambda q, d: objective.hinge_loss(q, d, relevance, 10, 5, 0.3, tile=tile))
+  arguments = tuple(range(2 + len(scalars)))
+  value, grads = jax.jit(jax.value_and_grad(blocked, arguments))(queries, documents, *scalars)
+  q, d = queries[:10, :3], documents[:5, :3]
+  plain = lambda q, d, *c: plain_pairwise(loss, q, d, config.relevance(), *(c or (0.3,)))
+  expected, expected_grads = jax.jit(jax.value_and_grad(plain, arguments))(q, d, *scalars)
+  np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(grads[0][:10, :3], expected_grads[0], atol=1e-5)
+  np.testing.assert_allclose(grads[1][:5, :3], expected_grads[1], atol=1e-5)
+  for grad, expected_grad in zip(grads[2:], expected_grads[2:]):
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-6)
+  assert not np.asarray(grads[0][10:]).any() and not np.asarray(grads[1][5:]).any()
+
+
 @pytest.mark.parametrize("form", INFONCE_FORMS)
 def test_200_step_trajectory_matches_the_plain_formula(form):
   settings, config, slot, state = padded_slot(form, tile=4)
