@@ -49,8 +49,7 @@ _LOSS = flags.DEFINE_enum("loss", "code", ["code", "paper", "sigmoid", "hinge"],
 
 
 def slot_of(d: int):
-  n = {r["d"]: r["critical_n"] for r in paper.read_table6()}[d]
-  config = trainer.Configuration(d=d, n=n)
+  config = trainer.Configuration(d=d, n=paper.critical_n(d))
   return config, sizing.shape_class(config)
 
 

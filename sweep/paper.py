@@ -50,6 +50,10 @@ def cubic() -> tuple[float, ...]:
 
 
 @functools.cache
+def _critical_n_by_d() -> dict[int, int]:
+  return {row["d"]: row["critical_n"] for row in read_table6()}
+
+
 def critical_n(d: int) -> int | None:
   """The table's critical n at d (k = 2), or None where it has none."""
-  return {row["d"]: row["critical_n"] for row in read_table6()}.get(d)
+  return _critical_n_by_d().get(d)

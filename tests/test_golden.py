@@ -6,9 +6,9 @@ critical_d.json, and per witness the digest of each array that is not a float, t
 each that is, and its float64 margin. They were written by the layout before the driver was
 split into ledger, pool and driver (commit bd499e2), written again when each loss began
 computing its gradient in its forward pass, and again when searches began at the paper's
-Table 6 instead of its cubic (d = 4 and 5 took 4 probes instead of 6 or 7). Floats are compared to a tolerance, not bit for
-bit: XLA's CPU code differs between processor generations in the last bits of a float, as
-does a change in how a loss rounds. That moves plateau stops by a few steps, and with them
+Table 6 instead of its cubic (d = 4 and 5 took 4 probes instead of 6 or 7). Floats are
+compared to a tolerance, not bit for bit: XLA's CPU code differs between processor
+generations in the last bits of a float, as does a change in how a loss rounds. That moves plateau stops by a few steps, and with them
 when a search with two points in flight proposes its next one, so a speculative probe may be
 added or left out; what the probes decide may not change. What later versions add (the
 success criterion and seed statistics) is compared apart: the old fields must not change, the
@@ -163,7 +163,7 @@ def test_a_sweep_decides_what_the_code_before_the_split_decided(tmp_path, name):
   witnesses, golden_witnesses = _witnesses(workdir / "witnesses"), json.loads(
       (expected / "witnesses.json").read_text())
   assert sorted(witnesses) == sorted(golden_witnesses)
-  for name, witness in witnesses.items():
-    margin, golden_margin = witness.pop("margin64"), golden_witnesses[name].pop("margin64")
+  for file, witness in witnesses.items():
+    margin, golden_margin = witness.pop("margin64"), golden_witnesses[file].pop("margin64")
     np.testing.assert_allclose(margin, golden_margin, **FLOAT_TOLERANCE)
-    assert witness == golden_witnesses[name], name
+    assert witness == golden_witnesses[file], file
