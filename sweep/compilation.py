@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import threading
 
 import jax
 
@@ -62,6 +63,7 @@ class CompileCount:
 
 _count = CompileCount()
 _listening = False
+_counting = threading.Lock()  # buckets compile from threads of their own (pool.programs_at_once)
 
 
 def count() -> CompileCount:
@@ -70,12 +72,14 @@ def count() -> CompileCount:
   if not _listening:
     def on_duration(event, seconds, **_):
       if event == _COMPILE_EVENT:
-        _count.requests += 1
-        _count.seconds += seconds
+        with _counting:
+          _count.requests += 1
+          _count.seconds += seconds
 
     def on_event(event, **_):
       if event == _CACHE_HIT_EVENT:
-        _count.cache_hits += 1
+        with _counting:
+          _count.cache_hits += 1
 
     jax.monitoring.register_event_duration_secs_listener(on_duration)
     jax.monitoring.register_event_listener(on_event)

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sweep import hardware, memory, objective, problems, scheduler, search, sizing, targets
+from sweep import hardware, memory, objective, pool, problems, scheduler, search, sizing, targets
 from sweep import trainer
 from sweep.config import settings_of, validate_config
 
@@ -375,20 +375,22 @@ def programs(s: Search, shape_of) -> int:
   return len(scheduler.target_shapes(own, [])[1])
 
 
-def sweep_wall(seconds: list[tuple[float, float]], chips: int, compile_seconds: float = 0.0,
+def sweep_wall(seconds: list[tuple[float, float]], lanes: int, compile_seconds: float = 0.0,
                startup_seconds: float = 0.0) -> dict:
   """The wall of searches with these (chain, work) seconds: the larger of all slot-steps
-  spread over every chip and the longest chain of rounds, then the compiles, which hold up
-  the loop that dispatches the training, and the process's start.
+  spread over the `lanes` that train at once and the longest chain of rounds, then the
+  compiles and the process's start.
 
-  A CPU counts as one chip: its buckets run side by side on the same cores, about as fast
-  together as one after another. The start (about 2 s on a 2-core CPU) is most of a small
-  sweep's wall and nothing of a large one's; the loop's own host work between chunks is left
-  out (a measured chunk already holds its evaluations).
+  A chip is a lane; so is each core of a CPU measured here, which runs one bucket's program
+  (pool.programs_at_once) at the step time measured alone. Compiles are counted in full:
+  they take the cores the training needs, or hold up the dispatch on an accelerator. The
+  start (about 1-2 s on a 2-core CPU) is most of a small sweep's wall and nothing of a large
+  one's; the loop's own host work between chunks is left out (a measured chunk already holds
+  its evaluations).
   """
   chains, works = zip(*seconds)
-  wall = max(sum(works) / chips, max(chains)) + compile_seconds + startup_seconds
-  return dict(work_hours=sum(works) / 3600, longest_chain_hours=max(chains) / 3600,
+  wall = max(sum(works) / lanes, max(chains)) + compile_seconds + startup_seconds
+  return dict(lanes=lanes, work_hours=sum(works) / 3600, longest_chain_hours=max(chains) / 3600,
               compile_hours=compile_seconds / 3600, startup_hours=startup_seconds / 3600,
               wall_hours=wall / 3600)
 
@@ -428,8 +430,8 @@ def plan_sweep(config, device: Device, steps: StepModel = StepModel(), workers: 
   timings = {shape: time_chunk(settings, dataclasses.replace(shape, slots=per_bucket),
                                [probe(s.d, s.start_n, config.seed + i) for i in range(per_bucket)])
              for shape, s in starts.items()} if measure else {}
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool:  # XLA compiles off the GIL
-    costs = dict(zip(shapes, pool.map(lambda s: shape_cost(settings, s, device, devices), shapes)))
+  with concurrent.futures.ThreadPoolExecutor(workers) as threads:  # XLA compiles off the GIL
+    costs = dict(zip(shapes, threads.map(lambda s: shape_cost(settings, s, device, devices), shapes)))
 
   bucket_memory = min(config.memory_budget_mb * 2**20, device.memory * device.chips)
   precision, floor = settings.matmul_precision, device.launch_floor_s
@@ -462,8 +464,8 @@ def plan_sweep(config, device: Device, steps: StepModel = StepModel(), workers: 
         chain_minutes=chain / 60, work_minutes=work / 60,
         lower_bound_only=boundary is not None))
   roofline = sweep_wall(at_roofline, device.chips)
-  measured = (sweep_wall(at_measured, device.chips, compiling, startup_seconds()) if measure
-              else None)
+  measured = (sweep_wall(at_measured, device.chips * pool.programs_at_once(), compiling,
+                         startup_seconds()) if measure else None)
   return dict(
       device=device.name, chips=device.chips, compiler=compiler, precision=precision,
       peak_tflops=device.flops[precision] / _TERA, bandwidth_tb_s=device.bandwidth / _TERA,
@@ -497,9 +499,10 @@ def _cell(value, width: int, digits: int) -> str:
   return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
 
 
-def _wall_line(wall: dict, chips: int) -> str:
-  return (f"{_duration(wall['wall_hours'])} = max(all slot-steps over {chips} chip(s): "
-          f"{_duration(wall['work_hours'] / chips)}, the longest search's chain of rounds: "
+def _wall_line(wall: dict) -> str:
+  lanes = wall["lanes"]
+  return (f"{_duration(wall['wall_hours'])} = max(all slot-steps, {lanes} program(s) at a time: "
+          f"{_duration(wall['work_hours'] / lanes)}, the longest search's chain of rounds: "
           f"{_duration(wall['longest_chain_hours'])})")
 
 
@@ -531,16 +534,16 @@ def format_plan(plan: dict) -> str:
         f"{r['roofline_step_ms']:>11.3f} {_cell(r['measured_step_ms'], 11, 3)} "
         f"{_cell(r['compile_s'], 9, 1)} {r['work_minutes']:>8.2f}  {', '.join(r['shapes'])}"
         + ("  (lower bound only)" if r["lower_bound_only"] else ""))
-  roofline, measured, chips = plan["roofline"], plan["measured"], plan["chips"]
+  roofline, measured = plan["roofline"], plan["measured"]
   if measured:
     lines.append(
-        f"predicted wall time {_wall_line(measured, chips)} + compiling "
+        f"predicted wall time {_wall_line(measured)} + compiling "
         f"{sum(r['programs'] for r in plan['dims'])} program(s): "
         f"{_duration(measured['compile_hours'])} + starting the process: "
         f"{_duration(measured['startup_hours'])}; steps measured on {plan['measured_on']}")
-    lines.append(f"at the roofline's steps: {_wall_line(roofline, chips)}")
+    lines.append(f"at the roofline's steps: {_wall_line(roofline)}")
   else:
-    lines.append(f"predicted wall time {_wall_line(roofline, chips)} (roofline steps, "
+    lines.append(f"predicted wall time {_wall_line(roofline)} (roofline steps, "
                  f"compiles not counted)")
   lines += [f"cannot measure {u['reason']}" for u in plan["unmeasurable"]]
   return "\n".join(lines)

@@ -2,15 +2,17 @@
 shapes compiled so far and the work done.
 
 `admit` places queued probes into free or new slots (the scheduler decides, a pure function);
-`train_round` runs one chunk of every bucket, dispatched together, and hands back the probes
-that stopped, with their outcomes and final embeddings. The `construction` protocol has a pool
+`train_round` runs one chunk of every bucket, all at once (programs_at_once), and hands back the
+probes that stopped, with their outcomes and final embeddings. The `construction` protocol has a pool
 of its own with the same two calls: it evaluates the closed-form embeddings of every admitted
 probe, training nothing.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import os
 import time
 from collections.abc import Callable
 
@@ -34,6 +36,20 @@ def efficiency(work: dict) -> dict:
   padding = work["cells_real"] / max(work["cells_padded"], 1)
   return dict(slot_occupancy=round(occupancy, 4), padding_efficiency=round(padding, 4),
               **{k: int(v) for k, v in work.items()})
+
+
+def programs_at_once() -> int:
+  """How many bucket programs this process runs at the same time.
+
+  A CPU runs one per core: a chunk's step runs on one thread at the shapes a CPU trains, and
+  XLA's CPU client runs the programs that one thread dispatches one after another (two
+  chunks dispatched together took twice as long as one), so each chunk runs, and is waited
+  for, in a thread of its own. An accelerator runs one program at a time, and processes that
+  share programs must launch them in one order: one thread dispatches every chunk.
+  """
+  if jax.default_backend() != "cpu" or jax.process_count() > 1:
+    return 1
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @dataclasses.dataclass
@@ -63,6 +79,8 @@ class TrainingPool:
     self.work = dict.fromkeys(WORK_COUNTERS, 0)
     self.started: dict[Probe, float] = {}
     self._hosts: dict[int, trainer.TrainState] = {}  # host copies fetched by the last round
+    at_once = programs_at_once()
+    self._lanes = concurrent.futures.ThreadPoolExecutor(at_once) if at_once > 1 else None
 
   @property
   def training(self) -> list[Probe]:
@@ -117,14 +135,15 @@ class TrainingPool:
   # -- training ---------------------------------------------------------------------------
 
   def train_round(self) -> list[Finished]:
-    """One chunk of every bucket, dispatched together; the probes that stopped, in bucket and
-    slot order, their slots freed."""
+    """One chunk of every bucket, all at once; the probes that stopped, in bucket and slot
+    order, their slots freed."""
     steps_before = [trainer.to_host(state.step) for _, state in self.device]
-    blocks = []
-    for i, (slots, state) in enumerate(self.device):
-      state, ran = trainer.train_chunk(self.settings, slots, state, True)
-      self.device[i] = (slots, state)
-      blocks.append(ran)
+    if self._lanes is None:
+      chunks = [self._chunk(slots, state, wait=False) for slots, state in self.device]
+    else:
+      chunks = list(self._lanes.map(lambda device: self._chunk(*device, wait=True), self.device))
+    self.device = [(slots, state) for (slots, _), (state, _) in zip(self.device, chunks)]
+    blocks = [ran for _, ran in chunks]
     self._hosts, finished = {}, []
     for i, (bucket, (_, state), ran) in enumerate(zip(self.buckets, self.device, blocks)):
       self._account(bucket, trainer.to_host(state.step) - steps_before[i], trainer.to_host(ran))
@@ -133,6 +152,11 @@ class TrainingPool:
         self._hosts[i] = trainer.to_host(state)
         finished += self._harvest(bucket, self._hosts[i])
     return finished
+
+  def _chunk(self, slots: trainer.Slots, state: trainer.TrainState, wait: bool):
+    """(state, blocks run) of one chunk of a bucket; with `wait`, once it has run."""
+    state, ran = trainer.train_chunk(self.settings, slots, state, True)
+    return (jax.block_until_ready(state), ran) if wait else (state, ran)
 
   def _account(self, bucket: scheduler.Bucket, advanced: np.ndarray, blocks: np.ndarray) -> None:
     """Every slot computes each step of the blocks its device ran, running or not."""

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from sweep import memory, plan, search, sizing, targets
+from sweep import memory, plan, pool, search, sizing, targets
 from sweep import trainer
 from sweep.store import Store
 from helpers import tiny_config
@@ -62,9 +62,10 @@ def test_measure_times_each_start_shape_here_and_predicts_the_wall_from_it():
   config = tiny_config(dims=(4, 6), start_n=8, local_sweep=0)
   report = plan.plan_sweep(config, plan.device_named("cpu"), measure=True)
   assert report["measured_on"] == plan.local_device_name() == "cpu-1" and report["chips"] == 1
-  # One round per search, 8 (a success) and 9 (a failure), each for every restart, on one
-  # chip (more work than the chain of the round, a failure's steps); a cold sweep compiles
-  # one program for both, their shape class.
+  # One round per search, 8 (a success) and 9 (a failure), each for every restart, spread
+  # over the programs this CPU runs at once (one a core), or the chain of the round (a
+  # failure's steps) where that is longer; a cold sweep compiles one program for both, their
+  # shape class.
   work = compiling = 0.0
   for row in report["dims"]:
     assert row["measured_step_ms"] > 0 and row["compile_s"] > 0 and row["programs"] == 1
@@ -76,8 +77,10 @@ def test_measure_times_each_start_shape_here_and_predicts_the_wall_from_it():
   assert measured["work_hours"] == pytest.approx(work / 3600)
   assert measured["compile_hours"] == pytest.approx(compiling / 3600)
   assert measured["startup_hours"] > 0  # a fresh process's imports, timed
+  assert measured["lanes"] == pool.programs_at_once() >= 1
+  training = max(work / measured["lanes"], measured["longest_chain_hours"] * 3600)
   assert report["wall_hours"] == measured["wall_hours"] == pytest.approx(
-      (work + compiling) / 3600 + measured["startup_hours"])
+      (training + compiling) / 3600 + measured["startup_hours"])
   text = plan.format_plan(report)
   assert f"predicted wall time {plan._duration(measured['wall_hours'])} = " in text
   assert f"at the roofline's steps: {plan._duration(report['roofline']['wall_hours'])} = " in text
