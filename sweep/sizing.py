@@ -27,21 +27,27 @@ def padded(size: int, min_step: int = 4) -> int:
   return -(-size // step) * step
 
 
-# The grid starts here: below about this many scores a step costs its fixed overhead on any
-# device, so finer shapes would only add programs to compile.
-MIN_QUERIES, MIN_DOCUMENTS = 128, 16
+# The smallest shape: every configuration that fits in it trains in it. Below about this
+# many scores a step costs its fixed overhead (on a 2-core CPU, 11 us at 128 x 16 x 2 to
+# 18 us at 256 x 24 x 8, one slot; an accelerator's floor is higher still), so finer shapes
+# would only add programs to compile: a small sweep's d = 2 ... 6 share one.
+FLOOR_QUERIES, FLOOR_DOCUMENTS, FLOOR_DIMS = 256, 24, 8
 
 
 def shape_class(config: Configuration) -> BucketShape:
-  """The single-slot padded shape a configuration trains in: each of its sizes on the grid.
+  """The single-slot padded shape a configuration trains in: each of its sizes on the grid,
+  or the floor shape where that holds them all.
 
   Queries are padded from the configuration's own count, C(n, k) for a top-k problem, not
   from C(padded n, k): a slot's relevance table is its own, so nothing needs the larger one.
   Dimensions take a finer grid at small d, where one step of 4 would be most of the work.
   """
-  return BucketShape(slots=1, queries=padded(max(config.query_count, MIN_QUERIES)),
-                     documents=padded(max(config.n, MIN_DOCUMENTS)),
-                     dims=padded(config.d, min_step=2), width=config.k)
+  sizes = (padded(config.query_count), padded(config.n), padded(config.d, min_step=2))
+  floor = (FLOOR_QUERIES, FLOOR_DOCUMENTS, FLOOR_DIMS)
+  if all(size <= least for size, least in zip(sizes, floor)):
+    sizes = floor
+  queries, documents, dims = sizes
+  return BucketShape(slots=1, queries=queries, documents=documents, dims=dims, width=config.k)
 
 
 def slot_bytes(shape: BucketShape) -> int:

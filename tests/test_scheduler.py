@@ -84,6 +84,18 @@ def test_queries_are_padded_from_their_own_count():
   assert own.dims == 6 and own.documents == 320
 
 
+def test_configurations_within_the_floor_shape_share_it():
+  floor = sizing.shape_class(trainer.Configuration(d=2, n=3))
+  assert (floor.queries, floor.documents, floor.dims) == (
+      sizing.FLOOR_QUERIES, sizing.FLOOR_DOCUMENTS, sizing.FLOOR_DIMS)
+  for d, n in [(3, 4), (4, 10), (6, 19), (8, 23)]:
+    assert sizing.shape_class(trainer.Configuration(d=d, n=n)) == floor
+  # Past the floor in one size, each size takes its own grid: dims 4 stay 4.
+  past = sizing.shape_class(trainer.Configuration(d=4, n=24))
+  assert (past.queries, past.documents, past.dims) == (sizing.padded(math.comb(24, 2)), 24, 4)
+  assert sizing.shape_class(trainer.Configuration(d=10, n=20)).dims == 10
+
+
 def test_outcomes_do_not_depend_on_the_bucket_shape_on_clear_cases():
   clear = [trainer.Configuration(d=2, n=3), trainer.Configuration(d=3, n=4, seed=1),
            trainer.Configuration(d=4, n=6), trainer.Configuration(d=2, n=6),
