@@ -25,7 +25,8 @@ def test_replay_closes_each_search_at_the_assumed_boundary():
 
 
 def test_plan_reports_compiled_memory_and_cost_per_dimension():
-  config = tiny_config(dims=(4, 6), start_n=8, local_sweep=0, restarts=2)
+  # n = 30, past the floor shape, so that each d has a shape of its own.
+  config = tiny_config(dims=(4, 6), start_n=30, local_sweep=0, restarts=2)
   device = plan.device_named("h100")
   report = plan.plan_sweep(config, device)
   assert [r["d"] for r in report["dims"]] == [4, 6]
@@ -37,8 +38,8 @@ def test_plan_reports_compiled_memory_and_cost_per_dimension():
     assert row["slots_fit"] == config.max_slots  # tiny slots: the bucket limit binds
   bigger = [r["step_gflop"] for r in report["dims"]]
   assert bigger[1] > bigger[0]
-  # Each search starts at its assumed boundary n = 8 with two points a round, so its one
-  # round probes 8 (a success) and 9 (a failure) and closes with no sweep (local_sweep=0):
+  # Each search starts at its assumed boundary n = 30 with two points a round, so its one
+  # round probes 30 (a success) and 31 (a failure) and closes with no sweep (local_sweep=0):
   # its chain is one failure's steps, its work both probes' steps for every restart, each
   # step the roofline of the compiled costs, a chain step never shorter than the launch floor.
   assert plan.SUCCESS_STEPS % config.eval_every == plan.FAILURE_STEPS % config.eval_every == 0
