@@ -370,9 +370,12 @@ def boundary_check(sweep: targets.CriticalN, settings: trainer.TrainSettings, d:
 
 def programs(s: Search, shape_of) -> int:
   """Programs a cold sweep compiles for `s`: one per shape it trains in, where a probe takes
-  a shape compiled before that it fills well (scheduler.target_shapes)."""
-  own = [shape_of(s.d, n) for round_ in s.rounds for n, _ in round_]
-  return len(scheduler.target_shapes(own, [])[1])
+  a shape compiled before it, or in its round, that it fills well (scheduler.target_shapes),
+  each round admitted as the pool admits it."""
+  known = []
+  for round_ in s.rounds:
+    _, known = scheduler.target_shapes([shape_of(s.d, n) for n, _ in round_], known)
+  return len(known)
 
 
 def sweep_wall(seconds: list[tuple[float, float]], lanes: int, compile_seconds: float = 0.0,

@@ -67,13 +67,17 @@ def target_shape(own: BucketShape, known: list[BucketShape]) -> BucketShape:
 
 def target_shapes(own: list[BucketShape], known: list[BucketShape]):
   """(shapes, known): the single-slot shape each probe of a queue trains in, its class being
-  `own`, taken in queue order, and the shapes known after them (a new class becomes known)."""
-  known, shapes = list(known), []
-  for shape in own:
-    shape = target_shape(shape, known)
-    if shape not in known:
-      known.append(shape)
-    shapes.append(shape)
+  `own`, and the shapes known after them (a new class becomes known).
+
+  The larger classes are placed first, so a smaller probe of the same queue can share a shape
+  this admission compiles for a larger one (the main job's first round: d = 7 at n = 24 in
+  d = 8's 384 x 28 x 8) instead of compiling its own first.
+  """
+  known, shapes = list(known), [None] * len(own)
+  for i in sorted(range(len(own)), key=lambda i: -cells(own[i])):
+    shapes[i] = target_shape(own[i], known)
+    if shapes[i] not in known:
+      known.append(shapes[i])
   return shapes, known
 
 

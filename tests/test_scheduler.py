@@ -71,6 +71,15 @@ def test_a_probe_reuses_a_compiled_shape_it_fills_well_enough():
   assert scheduler.target_shape(own, [shape(32, 12, 4)]) == own  # does not hold it
 
 
+def test_a_smaller_probe_shares_the_shape_a_larger_one_of_its_queue_brings():
+  small, large = shape(320, 24, 8), shape(384, 28, 8)  # 76% of the larger's cells
+  shapes, known = scheduler.target_shapes([small, large], [])
+  assert shapes == [large, large] and known == [large]
+  tiny = shape(128, 16, 8)  # 19%: its own class
+  shapes, known = scheduler.target_shapes([tiny, large, small], [])
+  assert shapes == [tiny, large, large] and known == [large, tiny]
+
+
 @pytest.mark.parametrize("wanted, devices, slots", [(0, 1, 1), (3, 1, 3), (0, 4, 4), (6, 4, 8)])
 def test_slots_per_bucket_is_a_multiple_of_the_devices(wanted, devices, slots):
   assert scheduler.slots_per_bucket(wanted, 3, "cpu", devices) == slots
