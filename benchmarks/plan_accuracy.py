@@ -60,7 +60,7 @@ def main(argv):
     workdir = tmp / "sweep"
     cpu = child_cpu_seconds()
     measured, stdout = sweep("run", f"--workdir={workdir}", env=env)
-    cores = (child_cpu_seconds() - cpu) / measured  # below the machine's: it was shared
+    cores = (child_cpu_seconds() - cpu) / measured  # what it got of the machine's cores
     compiled = next(line for line in stdout.splitlines() if line.startswith("slot occupancy"))
     whose = "no" if _COLD.value else "the user's"
     print(f"sweep d={','.join(_DIMS.value)} ({whose} compilation cache): {measured:.1f} s "
