@@ -219,9 +219,11 @@ def status(argv) -> None:
     _fail(error)
   if rows is None:  # the first seconds of a run: locked, or config.json written, no table yet
     who = f" by pid {holder['pid']} on {holder['host']}" if holder else ""
+    done = (f"{finished} configuration(s) finished, no critical_n.csv yet" if finished
+            else "no results yet")
     print(json.dumps({"configurations_finished": finished, "lock": holder, "searches": []},
                      indent=2) if FLAGS.json else
-          f"{store.workdir}: a run has started{who}; no results yet")
+          f"{store.workdir}: a run has started{who}; {done}")
     return
   if FLAGS.json:
     print(json.dumps({"configurations_finished": finished, "lock": holder,

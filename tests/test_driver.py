@@ -357,18 +357,23 @@ def test_a_config_that_cannot_load_is_one_line_naming_it(tmp_path, body, flag, r
 
 
 def test_status_in_the_first_seconds_of_a_run_says_it_started(tmp_path):
-  """Before critical_n.csv exists: the lock held, then config.json written too."""
+  """Before critical_n.csv exists: the lock held, then config.json written too, then the
+  first results line (written just before the table)."""
   store = Store(str(tmp_path))
   lock = store.lock()
   try:
-    for step in ("locked", "claimed"):
+    for step, said in (("locked", "no results yet"), ("claimed", "no results yet"),
+                       ("a result", "1 configuration(s) finished, no critical_n.csv yet")):
       if step == "claimed":
         store.claim(tiny_config().to_dict())
+      if step == "a result":
+        store.append_results([dict(d=2, n=3, k=2, seed=42, success=True, stop_reason="success",
+                                   stop_step=50)])
       done = subprocess.run([sys.executable, "-m", "sweep.cli", "status", f"--workdir={tmp_path}"],
                             capture_output=True, text=True, timeout=60)
       assert done.returncode == 0, done.stderr
       assert done.stdout.strip() == (f"{tmp_path}: a run has started by pid {os.getpid()} on "
-                                     f"{socket.gethostname()}; no results yet"), step
+                                     f"{socket.gethostname()}; {said}"), step
   finally:
     lock.release()
 
