@@ -27,10 +27,12 @@ def padded(size: int, min_step: int = 4) -> int:
   return -(-size // step) * step
 
 
-# The smallest shape: every configuration that fits in it trains in it. Below about this
-# many scores a step costs its fixed overhead (on a 2-core CPU, 11 us at 128 x 16 x 2 to
-# 18 us at 256 x 24 x 8, one slot; an accelerator's floor is higher still), so finer shapes
-# would only add programs to compile: a small sweep's d = 2 ... 6 share one.
+# The grid starts here, and every configuration whose grid sizes fit the floor shape trains
+# in it. Below about that many scores a step costs its fixed overhead (on a 2-core CPU,
+# 11 us at 128 x 16 x 2 to 18 us at 256 x 24 x 8, one slot; an accelerator's floor is higher
+# still), so finer shapes would only add programs to compile: a small sweep's d = 2 ... 6
+# share one.
+MIN_QUERIES, MIN_DOCUMENTS = 128, 16
 FLOOR_QUERIES, FLOOR_DOCUMENTS, FLOOR_DIMS = 256, 24, 8
 
 
@@ -42,7 +44,8 @@ def shape_class(config: Configuration) -> BucketShape:
   from C(padded n, k): a slot's relevance table is its own, so nothing needs the larger one.
   Dimensions take a finer grid at small d, where one step of 4 would be most of the work.
   """
-  sizes = (padded(config.query_count), padded(config.n), padded(config.d, min_step=2))
+  sizes = (padded(max(config.query_count, MIN_QUERIES)), padded(max(config.n, MIN_DOCUMENTS)),
+           padded(config.d, min_step=2))
   floor = (FLOOR_QUERIES, FLOOR_DOCUMENTS, FLOOR_DIMS)
   if all(size <= least for size, least in zip(sizes, floor)):
     sizes = floor

@@ -103,6 +103,9 @@ def test_configurations_within_the_floor_shape_share_it():
   past = sizing.shape_class(trainer.Configuration(d=4, n=24))
   assert (past.queries, past.documents, past.dims) == (sizing.padded(math.comb(24, 2)), 24, 4)
   assert sizing.shape_class(trainer.Configuration(d=10, n=20)).dims == 10
+  # Past it in dims alone, the grid's own minimum queries and documents, as below the floor.
+  small = sizing.shape_class(trainer.Configuration(d=10, n=5))
+  assert (small.queries, small.documents) == (sizing.MIN_QUERIES, sizing.MIN_DOCUMENTS)
 
 
 def test_outcomes_do_not_depend_on_the_bucket_shape_on_clear_cases():
